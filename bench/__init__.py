@@ -1,0 +1,1 @@
+"""Benchmarks printing figures: python -m bench.<name>."""

@@ -1,0 +1,1 @@
+"""Prefect flows (ingest, query) and their command-line interfaces."""

@@ -1,0 +1,234 @@
+"""The ingest flow: list → plan by ETag → batches (download → normalize → embed → upsert)
+→ delete what left the source → report. ``python -m flows.ingest --help`` for the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import ValidationError
+
+from imgrag.errors import ConfigError, ImgragError
+from imgrag.lock import writer_lock
+from imgrag.pipeline import close_runtime, runtime_for
+from imgrag.records import BatchResult, IngestReport, SourceObject
+from imgrag.settings import Settings
+from imgrag.sources import open_source
+from imgrag.sync import ScopePlanner, parse_shard
+from tasks.ingest import delete_records, ingest_batch
+from tasks.report import publish_ingest_report, start_progress, update_progress
+
+MAX_BATCHES_IN_FLIGHT = 2  # one embedding while the next downloads/normalizes
+
+
+def batched(objects: Iterable[SourceObject], size: int) -> Iterator[list[SourceObject]]:
+    """Group a stream into lists of ``size`` (the last may be shorter)."""
+    batch: list[SourceObject] = []
+    for obj in objects:
+        batch.append(obj)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@flow(
+    name="ingest-images",
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_BATCHES_IN_FLIGHT),
+    validate_parameters=True,
+)
+def ingest_flow(
+    source: str,
+    collection: str | None = None,
+    dim: int | None = None,
+    chroma_path: str | None = None,
+    chroma_url: str | None = None,
+    region: str | None = None,
+    batch_size: int | None = None,
+    concurrency: int | None = None,
+    retry_failed: bool = False,
+    shard: str | None = None,
+) -> IngestReport:
+    """Make ``source`` (``s3://bucket/prefix`` or a folder) searchable in a Chroma collection.
+
+    Embeds only new or changed objects (by ETag), removes records of deleted objects within
+    the listed scope, and records permanent failures so re-runs skip them.
+    """
+    settings = Settings.from_overrides(
+        collection=collection, dim=dim, chroma_path=chroma_path, chroma_url=chroma_url,
+        region=region, batch_size=batch_size, concurrency=concurrency,
+    )
+    with writer_lock(settings.chroma_url, settings.chroma_path):
+        try:
+            report = _ingest(settings, source, retry_failed, shard)
+        finally:
+            close_runtime(settings, source)
+    publish_ingest_report(report)
+    return report
+
+
+def _ingest(settings: Settings, source: str, retry_failed: bool, shard: str | None) -> IngestReport:
+    logger = get_run_logger()
+    started = time.perf_counter()
+    run_id = flow_run.get_id() or "local"
+    rt = runtime_for(settings, source)
+    scope = rt.source.scope
+    known = {} if retry_failed else rt.ledger.known(scope)
+    planner = ScopePlanner(scope, rt.store.manifest(rt.source.bucket, scope), known,
+                           parse_shard(shard))
+    report = IngestReport(run_id=run_id, source=scope, collection=settings.collection,
+                          model_id=settings.model_id, dim=settings.dim)
+    plain = settings.public_dict()
+    progress = start_progress(settings.collection)
+    logger.info("listing %s; %d records already indexed under it", scope, planner.indexed)
+
+    in_flight: deque[PrefectFuture[BatchResult]] = deque()
+    queued = 0
+
+    def collect(future: PrefectFuture[BatchResult], listing_done: bool) -> None:
+        result = future.result()
+        report.embedded += result.upserted
+        report.image_calls += result.image_calls
+        report.bytes_downloaded += result.bytes_downloaded
+        report.failures += result.failures
+        done = report.embedded + len(report.failures)
+        elapsed = time.perf_counter() - started
+        logger.info(
+            "batch done: %d embedded, %d failed in %.1fs | total %d/%d, %.1f images/s",
+            result.upserted, len(result.failures), result.seconds, done, queued,
+            report.embedded / elapsed if elapsed else 0.0,
+        )
+        update_progress(progress, done, queued, listing_done)
+
+    try:
+        for number, batch in enumerate(batched(planner.todo(rt.source.list_objects()),
+                                               settings.batch_size), start=1):
+            queued += len(batch)
+            in_flight.append(ingest_batch.submit(plain, source, batch, run_id, number))
+            if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
+                collect(in_flight.popleft(), listing_done=False)
+        while in_flight:
+            collect(in_flight.popleft(), listing_done=True)
+    finally:
+        for future in in_flight:  # a batch failed: let the others finish their upserts
+            future.wait()
+
+    deleted = planner.deleted()
+    if deleted:
+        delete_records(plain, source, deleted)
+    plan = planner.plan
+    elapsed = time.perf_counter() - started
+    report = report.model_copy(update={
+        "listed": plan.listed, "ignored": rt.source.ignored, "new": plan.new,
+        "changed": plan.changed, "unchanged": plan.unchanged, "skipped": plan.skipped,
+        "deleted": len(deleted), "failed": len(report.failures),
+        "duration_s": round(elapsed, 3),
+        "images_per_s": round(report.embedded / elapsed, 2) if elapsed else 0.0,
+        "estimated_cost_usd": round(report.image_calls * settings.price_per_image, 6),
+    })
+    logger.info(
+        "done: listed %d, new %d, changed %d, deleted %d, unchanged %d, skipped %d, failed %d,"
+        " embedded %d in %.1fs", report.listed, report.new, report.changed, report.deleted,
+        report.unchanged, report.skipped, report.failed, report.embedded, elapsed,
+    )
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.ingest",
+        description=(
+            "Index the images under an S3 prefix or a local folder into a Chroma collection "
+            "with Amazon Titan Multimodal Embeddings. Incremental: only new or changed "
+            "objects (by ETag) are embedded; records of objects deleted from the listed "
+            "scope are removed. Settings also come from IMGRAG_* environment variables; AWS "
+            "configuration is boto3's own (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_S3, "
+            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME, ...)."
+        ),
+        epilog="Exit status: 0 when the run finished (per-item failures are reported); "
+        "2 when it could not run (bad input, source or store unreachable, no credentials).",
+    )
+    parser.add_argument("--source", required=True,
+                        help="s3://BUCKET/PREFIX or a local folder path")
+    add_store_arguments(parser)
+    parser.add_argument("--batch-size", type=int, help="objects per batch task (default 32)")
+    parser.add_argument("--concurrency", type=int,
+                        help="parallel downloads/Bedrock calls (default 16)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="retry objects recorded as permanently failed")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="ingest only shard I of N (stable hash of the object URI)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the run report as JSON on stdout")
+    return parser
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by the ingest and query CLIs."""
+    parser.add_argument("--chroma-path", help="embedded Chroma directory "
+                        "(IMGRAG_CHROMA_PATH, default ./chroma_images_db)")
+    parser.add_argument("--chroma-url", help="Chroma server URL, e.g. http://localhost:8000 "
+                        "(IMGRAG_CHROMA_URL)")
+    parser.add_argument("--collection", help="collection name (IMGRAG_COLLECTION, "
+                        "default images)")
+    parser.add_argument("--dim", type=int, choices=(256, 384, 1024),
+                        help="embedding length (IMGRAG_DIM, default 1024)")
+    parser.add_argument("--region", help="AWS region for Bedrock and S3 (default: boto3's)")
+
+
+def print_report(report: IngestReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.model_dump(mode="json"), indent=2))
+        return
+    print(f"source      {report.source}\ncollection  {report.collection}")
+    for name in ("listed", "new", "changed", "deleted", "unchanged", "skipped", "failed",
+                 "embedded", "ignored"):
+        print(f"{name:<11} {getattr(report, name)}")
+    print(f"duration    {report.duration_s:.1f}s ({report.images_per_s:.1f} images/s), "
+          f"Bedrock image calls {report.image_calls}, est. cost ${report.estimated_cost_usd:.4f}")
+    for failure in report.failures:
+        print(f"FAILED {failure.id} [{failure.stage}] {failure.reason}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    params: dict[str, Any] = {
+        "source": args.source, "collection": args.collection, "dim": args.dim,
+        "chroma_path": args.chroma_path, "chroma_url": args.chroma_url, "region": args.region,
+        "batch_size": args.batch_size, "concurrency": args.concurrency,
+        "retry_failed": args.retry_failed, "shard": args.shard,
+    }
+    try:
+        preflight(params)
+        report = ingest_flow(**params)
+    except ImgragError as exc:
+        print(f"imgrag: error: {exc}", file=sys.stderr)
+        return 2
+    print_report(report, args.json)
+    return 0
+
+
+def preflight(params: dict[str, Any]) -> None:
+    """Reject bad input before starting Prefect (fast, one-line errors)."""
+    try:
+        settings = Settings.from_overrides(**{k: v for k, v in params.items()
+                                              if k not in ("source", "retry_failed", "shard")})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"invalid {first['loc'][0]}: {first['msg']}") from None
+    parse_shard(params["shard"])
+    open_source(params["source"], settings).check()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

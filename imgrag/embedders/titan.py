@@ -1,0 +1,132 @@
+"""Amazon Titan Multimodal Embeddings G1 through bedrock-runtime InvokeModel (boto3).
+
+Request/response: ``{"inputImage": b64 | "inputText": str, "embeddingConfig":
+{"outputEmbeddingLength": 256|384|1024}}`` → ``{"embedding": [...], "inputTextTokenCount": n}``.
+Throttling, 5xx and connection errors are retried by botocore's *adaptive* retry mode (a
+client-side rate limiter shared by every thread using this client, learning from 429s);
+ModelTimeoutException, which botocore does not retry, is retried here with backoff+jitter.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from imgrag.embedders.base import EmbedFailed
+from imgrag.errors import EmbeddingError
+from imgrag.settings import TITAN_IMAGE_MODEL_ID
+
+TITAN_DIMS = (256, 384, 1024)
+MAX_TEXT_WORDS = 80  # Titan G1 takes ≤ 128 tokens; 80 words stay well inside it
+MAX_TEXT_CHARS = 400
+_RUN_FATAL = {
+    "AccessDeniedException": "access denied to Bedrock model {model}",
+    "ResourceNotFoundException": "Bedrock model {model} not found in this region",
+    "UnrecognizedClientException": "AWS credentials rejected by Bedrock",
+    "ExpiredTokenException": "AWS credentials expired",
+}
+_TIMEOUT_CODES = {"ModelTimeoutException", "ModelNotReadyException"}
+
+
+def truncate_text(text: str) -> str:
+    """Cut a query to Titan's input limit instead of letting the service reject it."""
+    words = text.split()
+    return " ".join(words[:MAX_TEXT_WORDS])[:MAX_TEXT_CHARS]
+
+
+def make_bedrock_client(region: str | None, max_attempts: int, max_pool: int) -> Any:
+    """A bedrock-runtime client from boto3's standard configuration.
+
+    ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME`` redirects it (the emulator, a VPC endpoint).
+    """
+    config = Config(
+        retries={"total_max_attempts": max_attempts, "mode": "adaptive"},
+        max_pool_connections=max_pool,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client("bedrock-runtime", region_name=region, config=config)
+
+
+class TitanEmbedder:
+    """Titan Multimodal Embeddings G1: one image or one text per InvokeModel call."""
+
+    model_id = TITAN_IMAGE_MODEL_ID
+    max_batch = 1
+    max_image_side = 2048
+    max_image_bytes = 5 * 1024 * 1024
+
+    def __init__(
+        self,
+        dim: int = 1024,
+        *,
+        client: Any = None,
+        region: str | None = None,
+        max_attempts: int = 8,
+        max_pool: int = 16,
+    ) -> None:
+        if dim not in TITAN_DIMS:
+            raise ValueError(f"Titan output length must be one of {TITAN_DIMS}, not {dim}")
+        self.dim = dim
+        self.max_attempts = max_attempts
+        self.client = client or make_bedrock_client(region, max_attempts, max_pool)
+        self.text_tokens = 0
+        self._lock = threading.Lock()
+
+    def embed_images(self, images: Sequence[bytes]) -> list[list[float]]:
+        """Embed each image (Titan takes one per call)."""
+        vectors = []
+        for image in images:
+            body = {"inputImage": base64.b64encode(image).decode("ascii")}
+            vectors.append(self._invoke(body)["embedding"])
+        return vectors
+
+    def embed_text(self, text: str) -> list[float]:
+        """Embed a text query (truncated to Titan's limit)."""
+        response = self._invoke({"inputText": truncate_text(text)})
+        with self._lock:
+            self.text_tokens += int(response.get("inputTextTokenCount") or 0)
+        return response["embedding"]
+
+    def _invoke(self, body: dict[str, Any]) -> dict[str, Any]:
+        body["embeddingConfig"] = {"outputEmbeddingLength": self.dim}
+        payload = json.dumps(body)
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = self.client.invoke_model(
+                    modelId=self.model_id,
+                    body=payload,
+                    contentType="application/json",
+                    accept="application/json",
+                )
+                result = json.loads(response["body"].read())
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                message = exc.response.get("Error", {}).get("Message", "")
+                if code in _RUN_FATAL:
+                    raise EmbeddingError(_RUN_FATAL[code].format(model=self.model_id)) from None
+                if code in _TIMEOUT_CODES and attempt < self.max_attempts:
+                    time.sleep(random.uniform(0, min(20.0, 0.5 * 2**attempt)))
+                    continue
+                permanent = code == "ValidationException"
+                raise EmbedFailed(f"{code}: {message}".strip(": "), permanent=permanent) from None
+            except NoCredentialsError:
+                raise EmbeddingError("no AWS credentials found for Bedrock") from None
+            except BotoCoreError as exc:
+                raise EmbedFailed(f"{type(exc).__name__}: {exc}", permanent=False) from None
+            embedding = result.get("embedding")
+            if not isinstance(embedding, list) or len(embedding) != self.dim:
+                got = len(embedding) if isinstance(embedding, list) else "no"
+                raise EmbedFailed(f"model returned {got} values, expected {self.dim}",
+                                  permanent=False)
+            return result
+        raise AssertionError("unreachable")  # the loop returns or raises

@@ -1,0 +1,319 @@
+"""Image normalization: image bytes in, a JPEG that Titan Multimodal Embeddings accepts out.
+
+Titan Multimodal Embeddings G1 takes PNG/JPEG images of at most 5 MB and 2048×2048 pixels.
+:func:`normalize_image` decodes whatever Pillow reads safely (JPEG, PNG, WebP, GIF, BMP, TIFF,
+MPO), refuses non-images, corrupt files and decompression bombs with a :class:`NormalizeError`
+carrying a short reason, and otherwise returns a baseline RGB JPEG without metadata.
+
+Notes on the choices made here:
+
+- The declared size is checked from the header before any pixel is decoded. The limit is
+  ``min(max_source_pixels, PIL.Image.MAX_IMAGE_PIXELS)``: everything Pillow would only *warn*
+  about as a possible decompression bomb is refused, without touching the process-wide
+  ``warnings`` filters (``warnings.catch_warnings`` is not thread-safe on Python 3.11) or
+  ``Image.MAX_IMAGE_PIXELS``.
+- JPEG sources are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (``Image.draft``) when
+  that lands the longest side within ``DRAFT_MIN_FRACTION`` of the target. The output is then
+  that size, never upscaled: a 4000×3000 photo comes out 2000×1500 rather than 2048×1536,
+  about 6× faster than a full decode and resample. Other sources are resampled to the target.
+- Transparency is flattened onto white; 16-bit and float greyscale are scaled, not clipped;
+  CMYK JPEGs without an Adobe marker are read as plain (non-inverted) CMYK.
+- Colour profiles are dropped, not applied: pixel values are kept as stored.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pydantic
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+NORMALIZE_VERSION: int = 1
+"""Bump whenever the output for a given input changes; stored in record metadata."""
+
+TITAN_MAX_SIDE = 2048
+"""Hard upper bound on the output's longest side, whatever ``max_side`` says."""
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+"""Pillow format names accepted as input; anything else is refused before decoding."""
+
+DRAFT_MIN_FRACTION = 0.9
+"""A JPEG decoded at reduced DCT scale may end up this fraction of the target side, or more."""
+
+QUALITY_STEPS = (80, 70, 60, 50)
+"""JPEG qualities tried, in order, after ``jpeg_quality`` when the output is over ``max_bytes``."""
+
+_RESAMPLE = Image.Resampling.BICUBIC
+_REDUCING_GAP = 2.0
+_WHITE = (255, 255, 255)
+_MIN_SIDE_WHEN_SHRINKING = 16
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # the same table as PIL.ImageOps.exif_transpose
+_TEXT_BYTES = bytes({7, 8, 9, 10, 12, 13, 27} | set(range(0x20, 0x100)) - {0x7F})
+
+
+class NormalizeError(ValueError):
+    """Input cannot be turned into a valid image; ``.reason`` is a short human-readable cause."""
+
+    reason: str
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NormalizedImage(pydantic.BaseModel):
+    """A JPEG ready for the embedding model, with its size and the source's format and size.
+
+    ``source_width``/``source_height`` are the source's size as displayed (EXIF orientation
+    applied), so their aspect ratio matches ``width``/``height``.
+    """
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    data: bytes = pydantic.Field(repr=False)
+    width: int
+    height: int
+    source_format: str | None
+    source_width: int
+    source_height: int
+
+
+def normalize_image(
+    data: bytes,
+    *,
+    max_side: int = 2048,
+    max_bytes: int = 5 * 1024 * 1024,
+    max_source_pixels: int = 100_000_000,
+    jpeg_quality: int = 90,
+) -> NormalizedImage:
+    """Decode ``data`` and re-encode it as a baseline RGB JPEG within the given limits.
+
+    The longest side is at most ``min(max_side, 2048)`` (images are downscaled, never
+    upscaled), the JPEG at most ``max_bytes`` (lower qualities, then smaller sizes, are tried),
+    with EXIF orientation applied and all metadata dropped. Only the first frame of an
+    animation is used. Pure and thread-safe.
+
+    Raises:
+        NormalizeError: the input is empty, not a supported image, corrupt, or declares more
+            pixels than ``max_source_pixels`` (or Pillow's own decompression-bomb limit).
+        ValueError: an argument is out of range.
+    """
+    if max_side < 1 or max_bytes < 1 or max_source_pixels < 1:
+        raise ValueError("max_side, max_bytes and max_source_pixels must be positive")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be within 1..100, got {jpeg_quality}")
+    if not data:
+        raise NormalizeError("empty file")
+
+    target = min(max_side, TITAN_MAX_SIDE)
+    image, source_format, (source_w, source_h), orientation = _decode(
+        data, target, max_source_pixels
+    )
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    try:
+        rgb = _downscale(_to_rgb(image), target)
+        if method is not None:
+            rgb = rgb.transpose(method)
+        encoded, rgb = _encode_within(rgb, max_bytes, jpeg_quality)
+    except NormalizeError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise NormalizeError(f"cannot convert image: {_describe(exc)}") from exc
+    finally:
+        image.close()
+    if orientation >= 5:  # the orientations that swap width and height
+        source_w, source_h = source_h, source_w
+    return NormalizedImage(
+        data=encoded,
+        width=rgb.width,
+        height=rgb.height,
+        source_format=source_format,
+        source_width=source_w,
+        source_height=source_h,
+    )
+
+
+def _decode(
+    data: bytes, target: int, max_source_pixels: int
+) -> tuple[Image.Image, str, tuple[int, int], int]:
+    """Open, check and fully decode ``data``.
+
+    Returns the decoded image (possibly DCT-scaled, not yet oriented), its format, its stored
+    size as declared in the header, and its EXIF orientation.
+    """
+    limit = max_source_pixels
+    if Image.MAX_IMAGE_PIXELS is not None:  # read, never written
+        limit = min(limit, Image.MAX_IMAGE_PIXELS)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise NormalizeError(_unidentified_reason(data)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise NormalizeError(f"image too large: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # plugins raise anything on malformed headers
+        raise NormalizeError(f"corrupt image: {_describe(exc)}") from None
+    try:
+        fmt = im.format or "unknown"
+        if fmt not in SUPPORTED_FORMATS:
+            raise NormalizeError(f"unsupported image format {fmt}")
+        stored = im.size
+        _check_pixels(stored, limit)  # header only: nothing is decoded yet
+        if max(stored) > target:
+            im.draft("RGB", _draft_request(stored, target))  # a no-op except for JPEG
+        im.load()  # full decode: a truncated file fails here
+        _check_pixels(im.size, limit)  # GIF frames may grow the canvas while loading
+        orientation = _orientation(im)
+        if im.mode == "CMYK" and fmt in ("JPEG", "MPO") and "adobe" not in im.info:
+            im = _invert_cmyk(im)  # Pillow assumes Adobe's inverted CMYK; this is plain CMYK
+    except NormalizeError:
+        im.close()
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        im.close()
+        raise NormalizeError(f"image too large: {exc}") from None
+    except MemoryError:
+        im.close()
+        raise
+    except Exception as exc:  # decoders raise OSError, SyntaxError, struct.error…
+        im.close()
+        raise NormalizeError(f"corrupt image: {_describe(exc)}") from None
+    return im, fmt, stored, orientation
+
+
+def _check_pixels(size: tuple[int, int], limit: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise NormalizeError(f"invalid image size {width}x{height}")
+    if width * height > limit:
+        raise NormalizeError(
+            f"image too large: {width}x{height} = {width * height:,} pixels, "
+            f"limit is {limit:,} pixels"
+        )
+
+
+def _draft_request(size: tuple[int, int], target: int) -> tuple[int, int]:
+    """The smallest decoded size accepted from a JPEG DCT-scaled decode."""
+    scale = target * DRAFT_MIN_FRACTION / max(size)
+    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation (1–8), 1 when absent or unreadable (a bad EXIF block is not fatal)."""
+    try:
+        value = im.getexif().get(ExifTags.Base.Orientation, 1)
+        return int(value) if value in _ORIENTATION_TRANSPOSE else 1
+    except Exception:  # malformed EXIF raises all sorts
+        return 1
+
+
+def _invert_cmyk(im: Image.Image) -> Image.Image:
+    inverted = im.point(lambda v: 255 - v)
+    inverted.info = im.info
+    im.close()
+    return inverted
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB: alpha onto white, deep greyscale scaled to 8 bits."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in _HIGH_DEPTH_MODES:
+        return _deep_grey_to_l(im).convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, _WHITE)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    try:
+        return im.convert("RGB")
+    except ValueError as exc:
+        raise NormalizeError(f"unsupported image mode {mode}") from exc
+
+
+def _deep_grey_to_l(im: Image.Image) -> Image.Image:
+    """Scale 16-bit / 32-bit integer / float greyscale to 8 bits instead of clipping at 255.
+
+    Integer data within 0..65535 is taken as 16-bit; float data within 0..1 as normalised;
+    anything else is stretched from its minimum to its maximum.
+    """
+    if im.mode not in ("I", "F"):
+        im = im.convert("I")
+    lo, hi = im.getextrema()
+    if im.mode == "I" and lo >= 0 and hi <= 65535:
+        scale, offset = 255 / 65535, 0.0
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        scale, offset = 255.0, 0.0
+    elif hi > lo:
+        scale, offset = 255 / (hi - lo), -lo * 255 / (hi - lo)
+    else:
+        scale, offset = 0.0, 0.0 if hi <= 0 else 255.0
+    offset += 0.5  # round rather than truncate
+    return im.point(lambda v: v * scale + offset).convert("L")
+
+
+def _downscale(im: Image.Image, target: int) -> Image.Image:
+    """Bound the longest side by ``target``, keeping the aspect ratio; never upscale."""
+    if max(im.size) <= target:
+        return im
+    return im.resize(_fit(im.size, target), _RESAMPLE, reducing_gap=_REDUCING_GAP)
+
+
+def _fit(size: tuple[int, int], target: int) -> tuple[int, int]:
+    width, height = size
+    ratio = target / max(width, height)
+    return max(1, round(width * ratio)), max(1, round(height * ratio))
+
+
+def _encode_within(
+    im: Image.Image, max_bytes: int, jpeg_quality: int
+) -> tuple[bytes, Image.Image]:
+    """Encode as JPEG; lower the quality, then the size, until the result fits ``max_bytes``."""
+    qualities = [jpeg_quality, *(q for q in QUALITY_STEPS if q < jpeg_quality)]
+    for quality in qualities:
+        encoded = _encode(im, quality)
+        if len(encoded) <= max_bytes:
+            return encoded, im
+    quality = qualities[-1]
+    while max(im.size) > _MIN_SIDE_WHEN_SHRINKING:
+        factor = min(0.9, max(0.5, 0.95 * math.sqrt(max_bytes / len(encoded))))
+        im = im.resize(_fit(im.size, max(1, int(max(im.size) * factor))), _RESAMPLE)
+        encoded = _encode(im, quality)
+        if len(encoded) <= max_bytes:
+            return encoded, im
+    raise NormalizeError(f"cannot encode the image within {max_bytes} bytes")
+
+
+def _encode(im: Image.Image, quality: int) -> bytes:
+    """Baseline JPEG; no EXIF, ICC or other metadata is passed to the encoder."""
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality, progressive=False, optimize=False)
+    return buf.getvalue()
+
+
+def _unidentified_reason(data: bytes) -> str:
+    head = data[:512].lstrip()
+    if head[:1] == b"<":
+        return "not an image (HTML/XML text)"
+    if not head.translate(None, _TEXT_BYTES):
+        return "not an image (text)"
+    return "not an image (unrecognised format)"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text else type(exc).__name__
+

@@ -1,0 +1,191 @@
+"""Batch ingestion: fetch → normalize → embed → upsert for one batch of source objects.
+
+``Runtime`` holds the per-process objects every batch of a run shares (boto3 clients, the
+Chroma client, the failure ledger, one bounded thread pool): tasks receive plain settings
+and look their runtime up here, so nothing unhashable crosses a task boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from imgrag.embedders import Embedder, EmbedFailed, make_embedder
+from imgrag.ledger import FailureLedger
+from imgrag.normalize import NORMALIZE_VERSION, NormalizedImage, NormalizeError, normalize_image
+from imgrag.records import BatchResult, Failure, SourceObject
+from imgrag.settings import Settings
+from imgrag.sources import FetchError, Source, open_source
+from imgrag.store import ImageStore
+
+LEDGER_NAME = "imgrag-ledger.sqlite3"
+
+
+@dataclass
+class Runtime:
+    """Everything a run needs, opened once per process and shared by its batches."""
+
+    settings: Settings
+    source: Source
+    store: ImageStore
+    embedder: Embedder
+    ledger: FailureLedger
+    pool: ThreadPoolExecutor = field(repr=False)
+
+    @classmethod
+    def open(cls, settings: Settings, source: str) -> Runtime:
+        """Open source, store (created if missing), embedder and ledger for ``settings``."""
+        src = open_source(source, settings)
+        src.check()
+        store = ImageStore.open(settings, create=True)
+        embedder = make_embedder(settings)
+        ledger = FailureLedger(settings.resolved_state_dir / LEDGER_NAME, settings.collection)
+        pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="imgrag")
+        return cls(settings, src, store, embedder, ledger, pool)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.ledger.close()
+
+
+_runtimes: dict[str, Runtime] = {}
+_runtimes_lock = threading.Lock()
+
+
+def runtime_for(settings: Settings, source: str) -> Runtime:
+    """The process-wide Runtime for (settings, source), opened on first use."""
+    key = json.dumps([settings.public_dict(), source], sort_keys=True)
+    with _runtimes_lock:
+        if key not in _runtimes:
+            _runtimes[key] = Runtime.open(settings, source)
+        return _runtimes[key]
+
+
+def close_runtime(settings: Settings, source: str) -> None:
+    """Close and forget the Runtime of a finished run."""
+    key = json.dumps([settings.public_dict(), source], sort_keys=True)
+    with _runtimes_lock:
+        rt = _runtimes.pop(key, None)
+    if rt is not None:
+        rt.close()
+
+
+def record_metadata(
+    obj: SourceObject, image: NormalizedImage, embedder: Embedder, run_id: str
+) -> dict[str, Any]:
+    """The metadata stored with each vector (Chroma takes str/int/float/bool only)."""
+    return {
+        "source_uri": obj.uri,
+        "bucket": obj.bucket,
+        "key": obj.key,
+        "etag": obj.etag,
+        "size": obj.size,
+        "last_modified": obj.last_modified.isoformat() if obj.last_modified else "",
+        "width": image.source_width,
+        "height": image.source_height,
+        "format": image.source_format or "",
+        "model_id": embedder.model_id,
+        "dim": embedder.dim,
+        "normalize_version": NORMALIZE_VERSION,
+        "ingested_at": datetime.now(UTC).isoformat(),
+        "run_id": run_id,
+    }
+
+
+@dataclass
+class _Unit:
+    """Items embedded by one model call (Titan: one image)."""
+
+    objects: list[SourceObject]
+    images: list[NormalizedImage] = field(default_factory=list)
+    vectors: list[list[float]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    bytes_downloaded: int = 0
+    images_sent: int = 0
+
+
+def _prepare(rt: Runtime, obj: SourceObject) -> tuple[NormalizedImage | None, Failure | None, int]:
+    """Download and normalize one object; a Failure instead of raising."""
+    settings, embedder = rt.settings, rt.embedder
+    if obj.size > settings.max_object_bytes:
+        reason = f"object is {obj.size} bytes, above the {settings.max_object_bytes} byte limit"
+        return None, Failure(id=obj.uri, etag=obj.etag, stage="download", reason=reason,
+                             permanent=True), 0
+    try:
+        data = rt.source.fetch(obj)
+    except FetchError as exc:
+        return None, Failure(id=obj.uri, etag=obj.etag, stage="download", reason=exc.reason,
+                             permanent=exc.permanent), 0
+    try:
+        image = normalize_image(
+            data,
+            max_side=min(settings.max_side, embedder.max_image_side),
+            max_bytes=embedder.max_image_bytes,
+            max_source_pixels=settings.max_source_pixels,
+        )
+    except NormalizeError as exc:
+        return None, Failure(id=obj.uri, etag=obj.etag, stage="normalize", reason=exc.reason,
+                             permanent=True), len(data)
+    return image, None, len(data)
+
+
+def _run_unit(rt: Runtime, unit: _Unit) -> _Unit:
+    ready: list[SourceObject] = []
+    for obj in unit.objects:
+        image, failure, nbytes = _prepare(rt, obj)
+        unit.bytes_downloaded += nbytes
+        if failure is not None:
+            unit.failures.append(failure)
+        else:
+            ready.append(obj)
+            unit.images.append(image)
+    if ready:
+        unit.images_sent = len(ready)
+        try:
+            unit.vectors = rt.embedder.embed_images([img.data for img in unit.images])
+        except EmbedFailed as exc:
+            unit.failures += [
+                Failure(id=o.uri, etag=o.etag, stage="embed", reason=exc.reason,
+                        permanent=exc.permanent)
+                for o in ready
+            ]
+            unit.images = []
+    unit.objects = ready if unit.vectors else []
+    return unit
+
+
+def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> BatchResult:
+    """Download, normalize and embed ``objects`` concurrently, then upsert the successes.
+
+    Per-item problems become Failures (permanent ones go to the ledger); only run-level
+    errors (credentials, access, store) raise.
+    """
+    started = time.perf_counter()
+    step = rt.embedder.max_batch
+    units = [_Unit(list(objects[i : i + step])) for i in range(0, len(objects), step)]
+    done = list(rt.pool.map(lambda u: _run_unit(rt, u), units))
+
+    ids, vectors, metadatas, failures = [], [], [], []
+    for unit in done:
+        failures += unit.failures
+        for obj, image, vector in zip(unit.objects, unit.images, unit.vectors, strict=True):
+            ids.append(obj.uri)
+            vectors.append(vector)
+            metadatas.append(record_metadata(obj, image, rt.embedder, run_id))
+    if ids:
+        rt.store.upsert(ids, vectors, metadatas)
+        rt.ledger.forget(ids)
+    rt.ledger.record(failures, run_id)
+    return BatchResult(
+        upserted=len(ids),
+        failures=failures,
+        image_calls=sum(u.images_sent for u in done),
+        bytes_downloaded=sum(u.bytes_downloaded for u in done),
+        seconds=time.perf_counter() - started,
+    )

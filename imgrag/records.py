@@ -1,0 +1,95 @@
+"""Pydantic records passed between the layers: source objects, failures, plans, reports, hits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Stage = Literal["list", "download", "normalize", "embed", "upsert"]
+
+
+class SourceObject(BaseModel):
+    """One image object as listed by a source; ``uri`` is also its record id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str
+    bucket: str  # "" for a local folder
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime | None = None
+
+
+class Failure(BaseModel):
+    """One item that could not be indexed in this run, and why."""
+
+    id: str
+    etag: str = ""
+    stage: Stage
+    reason: str
+    permanent: bool = Field(
+        description="True: the same bytes will fail again (recorded in the ledger, not retried)."
+    )
+
+
+class BatchResult(BaseModel):
+    """What one batch did: counts for the report, never image bytes."""
+
+    upserted: int = 0
+    failures: list[Failure] = Field(default_factory=list)
+    image_calls: int = 0
+    bytes_downloaded: int = 0
+    seconds: float = 0.0
+
+
+class IngestPlan(BaseModel):
+    """Change detection counts for one listed scope (bucket + prefix [+ shard])."""
+
+    scope: str
+    listed: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    skipped: int = 0  # known permanent failures with the same ETag
+    deleted: list[str] = Field(default_factory=list)
+
+
+class IngestReport(BaseModel):
+    """The outcome of one ingest run, as printed by ``--json`` and published as artifacts."""
+
+    run_id: str
+    source: str
+    collection: str
+    model_id: str
+    dim: int
+    listed: int = 0
+    ignored: int = 0
+    new: int = 0
+    changed: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    failed: int = 0
+    embedded: int = 0
+    image_calls: int = 0
+    bytes_downloaded: int = 0
+    duration_s: float = 0.0
+    images_per_s: float = 0.0
+    estimated_cost_usd: float = 0.0
+    failures: list[Failure] = Field(default_factory=list)
+
+
+class Hit(BaseModel):
+    """One search result."""
+
+    rank: int
+    id: str
+    distance: float
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``--json`` shape: ``{id, distance, metadata}``."""
+        return {"id": self.id, "distance": self.distance, "metadata": self.metadata}

@@ -1,0 +1,74 @@
+"""Every knob of imgrag in one pydantic-settings model (env prefix ``IMGRAG_``, ``.env`` read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TITAN_IMAGE_MODEL_ID = "amazon.titan-embed-image-v1"
+
+
+class Settings(BaseSettings):
+    """Settings shared by ingestion and query; CLI flags override environment values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMGRAG_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # Store
+    chroma_path: Path = Field(Path("chroma_images_db"), description="Embedded Chroma directory.")
+    chroma_url: str | None = Field(None, description="Chroma server URL (client-server mode).")
+    chroma_auth_token: SecretStr | None = Field(None, description="Token for the Chroma server.")
+    collection: str = Field("images", min_length=3, max_length=512)
+    state_dir: Path | None = Field(
+        None, description="Ledger and local hash cache; default: inside the embedded store."
+    )
+
+    # Embedding model
+    model_id: str = TITAN_IMAGE_MODEL_ID
+    dim: Literal[256, 384, 1024] = 1024
+    region: str | None = Field(None, description="AWS region; default: boto3's resolution.")
+    bedrock_max_attempts: int = Field(8, ge=1, le=20, description="Attempts per Bedrock call.")
+
+    # Ingestion
+    batch_size: int = Field(32, ge=1, le=5000)
+    concurrency: int = Field(16, ge=1, le=256, description="Parallel downloads/embeds.")
+    max_side: int = Field(2048, ge=64, le=2048, description="Longest side sent to the model.")
+    max_object_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, description="Objects larger than this are not downloaded."
+    )
+    max_source_pixels: int = Field(
+        150_000_000, ge=1, description="Declared pixel count above which a file is refused."
+    )
+
+    # Cost estimate (USD list price of Titan Multimodal Embeddings G1, on-demand)
+    price_per_image: float = Field(0.00006, ge=0)
+    price_per_1k_text_tokens: float = Field(0.0008, ge=0)
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("chroma_url must start with http:// or https://")
+        return value or None
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        """Where the failure ledger and local caches live."""
+        if self.state_dir is not None:
+            return self.state_dir
+        if self.chroma_url:
+            return Path(".imgrag")
+        return self.chroma_path
+
+    def public_dict(self) -> dict[str, Any]:
+        """Plain, hashable-friendly data without secrets: safe as Prefect task input."""
+        return self.model_dump(mode="json", exclude={"chroma_auth_token"}, exclude_none=True)
+
+    @classmethod
+    def from_overrides(cls, **overrides: Any) -> Settings:
+        """Settings from the environment, with non-None overrides (CLI flags) on top."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})

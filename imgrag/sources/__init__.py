@@ -1,0 +1,32 @@
+"""Image sources (S3, local folder) behind one protocol, opened from a URI or path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from imgrag.settings import Settings
+from imgrag.sources.base import IMAGE_EXTENSIONS, FetchError, Source, is_image_key
+from imgrag.sources.local import LocalSource
+from imgrag.sources.s3 import S3Source, make_s3_client, parse_s3_uri
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FetchError",
+    "LocalSource",
+    "S3Source",
+    "Source",
+    "is_image_key",
+    "open_source",
+]
+
+
+def open_source(source: str, settings: Settings, s3_client: Any = None) -> Source:
+    """``s3://bucket/prefix`` → S3Source; anything else is a local folder path."""
+    if source.startswith("s3://"):
+        bucket, prefix = parse_s3_uri(source)
+        client = s3_client or make_s3_client(settings.region, max_pool=settings.concurrency)
+        return S3Source(bucket, prefix, client)
+    state = settings.resolved_state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    return LocalSource(Path(source), hash_cache_path=state / "local-hashes.sqlite3")

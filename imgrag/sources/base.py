@@ -1,0 +1,42 @@
+"""The Source protocol every image source implements, and what counts as an image key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from imgrag.records import SourceObject
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
+def is_image_key(key: str) -> bool:
+    """True when the key's extension (case-insensitive) names an image format we index."""
+    dot = key.rfind(".")
+    return dot > key.rfind("/") and key[dot:].lower() in IMAGE_EXTENSIONS
+
+
+class FetchError(Exception):
+    """One object could not be read; ``permanent`` says whether a re-run would fail the same."""
+
+    def __init__(self, reason: str, *, permanent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class Source(Protocol):
+    """A listable, readable set of images under one scope (bucket + prefix, or a folder)."""
+
+    scope: str  # URI prefix shared by every object of this source; also the deletion scope
+    bucket: str  # "" for local folders
+    ignored: int  # keys skipped by the last listing because they are not images
+
+    def check(self) -> None:
+        """Raise SourceError with a one-line cause when the source cannot be listed."""
+
+    def list_objects(self) -> Iterator[SourceObject]:
+        """Stream the image objects under the scope, in a stable order."""
+
+    def fetch(self, obj: SourceObject) -> bytes:
+        """The object's bytes at exactly ``obj.etag``; FetchError otherwise."""

@@ -1,0 +1,124 @@
+"""Local folder source: files under a directory, with a content hash as their ETag.
+
+Hashes are cached by (path, size, mtime) in a small SQLite file so a re-run over an
+unchanged folder reads no file contents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from imgrag.errors import SourceError
+from imgrag.records import SourceObject
+from imgrag.sources.base import FetchError, is_image_key
+
+
+def content_etag(data: bytes) -> str:
+    """The ETag of a local file: a SHA-256 prefix of its bytes."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+class HashCache:
+    """(path, size, mtime_ns) → content ETag, persisted in SQLite."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
+            " mtime_ns INTEGER, etag TEXT)"
+        )
+
+    def get(self, path: str, size: int, mtime_ns: int) -> str | None:
+        row = self._db.execute(
+            "SELECT etag FROM hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
+            (path, size, mtime_ns),
+        ).fetchone()
+        return row[0] if row else None
+
+    def put(self, path: str, size: int, mtime_ns: int, etag: str) -> None:
+        self._db.execute(
+            "INSERT INTO hashes VALUES (?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
+            " size = excluded.size, mtime_ns = excluded.mtime_ns, etag = excluded.etag",
+            (path, size, mtime_ns, etag),
+        )
+
+    def commit(self) -> None:
+        self._db.commit()
+
+
+class LocalSource:
+    """Images under a local directory; symlinks leading outside it are not followed."""
+
+    bucket = ""
+
+    def __init__(self, root: str | Path, hash_cache_path: Path | None = None) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.scope = self.root.as_uri() + "/"
+        self.ignored = 0
+        self._hashes = HashCache(hash_cache_path)
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise SourceError(f"folder {str(self.root)!r} does not exist")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise SourceError(f"folder {str(self.root)!r} is not readable")
+
+    def _inside_root(self, path: Path) -> bool:
+        try:
+            path.resolve().relative_to(self.root)
+        except (ValueError, OSError):
+            return False
+        return True
+
+    def list_objects(self) -> Iterator[SourceObject]:
+        """Walk the folder in sorted order; hash only files whose size or mtime changed."""
+        self.check()
+        self.ignored = 0
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath, name)
+                if not is_image_key(name):
+                    self.ignored += 1
+                    continue
+                if path.is_symlink() and not self._inside_root(path):
+                    self.ignored += 1
+                    continue
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue  # vanished between walk and stat
+                etag = self._hashes.get(str(path), stat.st_size, stat.st_mtime_ns)
+                if etag is None:
+                    try:
+                        etag = content_etag(path.read_bytes())
+                    except OSError:
+                        continue
+                    self._hashes.put(str(path), stat.st_size, stat.st_mtime_ns, etag)
+                yield SourceObject(
+                    uri=path.as_uri(),
+                    bucket="",
+                    key=path.relative_to(self.root).as_posix(),
+                    etag=etag,
+                    size=stat.st_size,
+                    last_modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+                )
+        self._hashes.commit()
+
+    def fetch(self, obj: SourceObject) -> bytes:
+        """Read the file; fail (transiently) if its content no longer matches the listing."""
+        path = self.root / obj.key
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise FetchError("file deleted since listing", permanent=False) from None
+        except OSError as exc:
+            raise FetchError(f"cannot read file: {exc.strerror}", permanent=False) from None
+        if content_etag(data) != obj.etag:
+            raise FetchError("file changed since listing", permanent=False)
+        return data

@@ -1,0 +1,110 @@
+"""Amazon S3 source: ListObjectsV2 pages streamed, GetObject pinned to the listed ETag."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from imgrag.errors import ConfigError, SourceError
+from imgrag.records import SourceObject
+from imgrag.sources.base import FetchError, is_image_key
+
+# S3 bucket naming rules (general purpose buckets), checked before any request is made.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` → (bucket, prefix); ConfigError when malformed."""
+    rest = uri[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise ConfigError(f"invalid S3 bucket name {bucket!r} in {uri!r}")
+    if len(prefix.encode()) > 1024:
+        raise ConfigError("S3 prefix longer than 1024 bytes")
+    return bucket, prefix
+
+
+def make_s3_client(region: str | None = None, max_pool: int = 10) -> Any:
+    """An S3 client from boto3's standard configuration (env, profiles, AWS_ENDPOINT_URL_S3)."""
+    config = Config(
+        retries={"total_max_attempts": 5, "mode": "standard"},
+        max_pool_connections=max(10, max_pool),
+    )
+    return boto3.session.Session().client("s3", region_name=region, config=config)
+
+
+def _s3_error(exc: Exception, bucket: str) -> SourceError:
+    if isinstance(exc, NoCredentialsError):
+        return SourceError("no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID)")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket", "404"):
+            return SourceError(f"bucket {bucket!r} does not exist")
+        if code in ("AccessDenied", "403", "AllAccessDisabled"):
+            return SourceError(f"access denied to bucket {bucket!r}")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
+            return SourceError(f"AWS credentials rejected by S3 ({code})")
+        return SourceError(f"S3 error on bucket {bucket!r}: {code}")
+    return SourceError(f"cannot reach S3: {type(exc).__name__}: {exc}")
+
+
+class S3Source:
+    """Images under ``s3://bucket/prefix``."""
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.scope = f"s3://{bucket}/{prefix}"
+        self.client = client if client is not None else make_s3_client()
+        self.ignored = 0
+
+    def check(self) -> None:
+        """One cheap ListObjectsV2 call: the bucket exists and we may list it."""
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, self.bucket) from None
+
+    def list_objects(self) -> Iterator[SourceObject]:
+        """Stream image objects page by page (S3 returns keys in UTF-8 binary order)."""
+        self.ignored = 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    if not is_image_key(key):
+                        self.ignored += 1
+                        continue
+                    yield SourceObject(
+                        uri=f"s3://{self.bucket}/{key}",
+                        bucket=self.bucket,
+                        key=key,
+                        etag=item["ETag"],
+                        size=item["Size"],
+                        last_modified=item.get("LastModified"),
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, self.bucket) from None
+
+    def fetch(self, obj: SourceObject) -> bytes:
+        """GetObject with ``IfMatch`` so the bytes always belong to the listed ETag."""
+        try:
+            response = self.client.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=obj.etag)
+            return response["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412"):
+                raise FetchError("object changed since listing", permanent=False) from None
+            if code in ("NoSuchKey", "404"):
+                raise FetchError("object deleted since listing", permanent=False) from None
+            if code in ("AccessDenied", "403"):
+                raise FetchError("access denied", permanent=False) from None
+            raise FetchError(f"S3 GetObject failed: {code}", permanent=False) from None
+        except BotoCoreError as exc:
+            raise FetchError(f"S3 GetObject failed: {exc}", permanent=False) from None

@@ -1,0 +1,190 @@
+"""The vector store: the only module that talks to ChromaDB.
+
+The collection is the single source of truth for what is indexed. It records the model and
+dimension it was created with; opening it for another vector space is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import chromadb
+from chromadb.config import Settings as ChromaSettings
+
+from imgrag.errors import StoreError
+from imgrag.records import Hit
+from imgrag.settings import Settings
+
+SCHEMA_VERSION = 1
+_MANIFEST_PAGE = 5000
+
+
+def make_chroma_client(settings: Settings) -> Any:
+    """An embedded PersistentClient, or an HttpClient when ``chroma_url`` is set."""
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    try:
+        if settings.chroma_url:
+            url = urlparse(settings.chroma_url)
+            headers = {}
+            if settings.chroma_auth_token is not None:
+                headers["Authorization"] = f"Bearer {settings.chroma_auth_token.get_secret_value()}"
+            return chromadb.HttpClient(
+                host=url.hostname or "localhost",
+                port=url.port or (443 if url.scheme == "https" else 8000),
+                ssl=url.scheme == "https",
+                headers=headers,
+                settings=chroma_settings,
+            )
+        settings.chroma_path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma_settings)
+    except Exception as exc:  # chromadb raises plain Exception/ValueError on connect
+        where = settings.chroma_url or str(settings.chroma_path)
+        raise StoreError(f"cannot open Chroma store at {where}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class ImageStore:
+    """One Chroma collection of image vectors (cosine space) with imgrag's metadata."""
+
+    def __init__(self, client: Any, collection: Any) -> None:
+        self.client = client
+        self.collection = collection
+        self.max_batch = client.get_max_batch_size()
+
+    @classmethod
+    def open(
+        cls, settings: Settings, *, create: bool = True, client: Any = None
+    ) -> ImageStore:
+        """Open (or create) ``settings.collection``; StoreError on a vector-space mismatch."""
+        client = client or make_chroma_client(settings)
+        name = settings.collection
+        try:
+            existing = {c.name for c in client.list_collections()}
+            if name in existing:
+                collection = client.get_collection(name, embedding_function=None)
+            elif create:
+                collection = client.get_or_create_collection(
+                    name,
+                    configuration={"hnsw": {"space": "cosine"}},
+                    metadata={
+                        "model_id": settings.model_id,
+                        "dim": settings.dim,
+                        "imgrag_schema": SCHEMA_VERSION,
+                    },
+                    embedding_function=None,
+                )
+            else:
+                raise StoreError(f"collection {name!r} does not exist (run an ingest first)")
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot open collection {name!r}: {_one_line(exc)}") from None
+        store = cls(client, collection)
+        store.check_vector_space(settings.model_id, settings.dim)
+        return store
+
+    @property
+    def model_id(self) -> str | None:
+        return (self.collection.metadata or {}).get("model_id")
+
+    @property
+    def dim(self) -> int | None:
+        return (self.collection.metadata or {}).get("dim")
+
+    def check_vector_space(self, model_id: str, dim: int) -> None:
+        """Refuse to mix vector spaces in one collection."""
+        if self.model_id is None:
+            raise StoreError(
+                f"collection {self.collection.name!r} was not created by imgrag"
+                " (no model_id in its metadata); use another --collection"
+            )
+        if (self.model_id, self.dim) != (model_id, dim):
+            raise StoreError(
+                f"collection {self.collection.name!r} holds {self.model_id} vectors of dim"
+                f" {self.dim}, not {model_id} dim {dim}; use another --collection"
+            )
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def iter_metadata(self, where: Mapping[str, Any] | None = None) -> Iterator[tuple[str, dict]]:
+        """Every (id, metadata) matching ``where``, read in pages."""
+        offset = 0
+        while True:
+            page = self.collection.get(
+                where=dict(where) if where else None,
+                include=["metadatas"],
+                limit=_MANIFEST_PAGE,
+                offset=offset,
+            )
+            ids = page["ids"]
+            yield from zip(ids, page["metadatas"], strict=True)
+            if len(ids) < _MANIFEST_PAGE:
+                return
+            offset += len(ids)
+
+    def manifest(self, bucket: str, scope: str) -> dict[str, str]:
+        """id → ETag of every record whose id starts with ``scope`` (a URI prefix)."""
+        return {
+            record_id: str(meta.get("etag", ""))
+            for record_id, meta in self.iter_metadata({"bucket": bucket})
+            if record_id.startswith(scope)
+        }
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        embeddings: Sequence[Sequence[float]],
+        metadatas: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Add or replace records by id, in chunks the server accepts."""
+        for start in range(0, len(ids), self.max_batch):
+            end = start + self.max_batch
+            self.collection.upsert(
+                ids=list(ids[start:end]),
+                embeddings=[list(e) for e in embeddings[start:end]],
+                metadatas=[dict(m) for m in metadatas[start:end]],
+            )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove records by id, in chunks."""
+        for start in range(0, len(ids), self.max_batch):
+            self.collection.delete(ids=list(ids[start : start + self.max_batch]))
+
+    def get(self, ids: Sequence[str]) -> dict[str, dict]:
+        """id → metadata for the ids that exist."""
+        if not ids:
+            return {}
+        page = self.collection.get(ids=list(ids), include=["metadatas"])
+        return dict(zip(page["ids"], page["metadatas"], strict=True))
+
+    def get_embedding(self, record_id: str) -> list[float] | None:
+        """The stored vector of one record, or None."""
+        page = self.collection.get(ids=[record_id], include=["embeddings"])
+        if not page["ids"]:
+            return None
+        return [float(x) for x in page["embeddings"][0]]
+
+    def query(
+        self, embedding: Sequence[float], k: int = 8, where: Mapping[str, Any] | None = None
+    ) -> list[Hit]:
+        """The ``k`` nearest records by cosine distance."""
+        result = self.collection.query(
+            query_embeddings=[list(embedding)],
+            n_results=k,
+            where=dict(where) if where else None,
+            include=["metadatas", "distances"],
+        )
+        return [
+            Hit(rank=rank, id=record_id, distance=float(distance), metadata=dict(meta or {}))
+            for rank, (record_id, distance, meta) in enumerate(
+                zip(result["ids"][0], result["distances"][0], result["metadatas"][0], strict=True),
+                start=1,
+            )
+        ]

@@ -1,0 +1,95 @@
+"""Change detection: a source listing against the store's manifest, by ETag, within a scope.
+
+Mark and sweep: every record under the scope starts marked; each listed object unmarks its
+own; what is still marked when the listing ends was deleted from the source. The listing
+alone decides; nothing is downloaded to plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+
+from imgrag.errors import ConfigError
+from imgrag.records import IngestPlan, SourceObject
+
+Shard = tuple[int, int]  # (index, count), index in [0, count)
+
+
+def parse_shard(text: str | None) -> Shard | None:
+    """``"I/N"`` → (I, N) with 0 ≤ I < N; None for no sharding."""
+    if not text:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard takes I/N (e.g. 0/4), not {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def in_shard(uri: str, shard: Shard | None) -> bool:
+    """Stable assignment of a record id to one of N shards."""
+    if shard is None:
+        return True
+    digest = hashlib.blake2b(uri.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shard[1] == shard[0]
+
+
+class ScopePlanner:
+    """Classifies a streamed listing; the to-do objects are yielded as they are found."""
+
+    def __init__(
+        self,
+        scope: str,
+        manifest: Mapping[str, str],
+        known_failures: Mapping[str, str] | None = None,
+        shard: Shard | None = None,
+    ) -> None:
+        self.shard = shard
+        self.plan = IngestPlan(scope=scope)
+        self._unseen = {uri: etag for uri, etag in manifest.items() if in_shard(uri, shard)}
+        self._known_failures = dict(known_failures or {})
+
+    @property
+    def indexed(self) -> int:
+        """Records under the scope not yet seen in the listing (all of them, before it)."""
+        return len(self._unseen)
+
+    def todo(self, listing: Iterable[SourceObject]) -> Iterator[SourceObject]:
+        """Yield new and changed objects; count the rest. Exhaust it before ``deleted``."""
+        plan = self.plan
+        for obj in listing:
+            if not in_shard(obj.uri, self.shard):
+                continue
+            plan.listed += 1
+            stored_etag = self._unseen.pop(obj.uri, None)
+            if stored_etag == obj.etag:
+                plan.unchanged += 1
+            elif self._known_failures.get(obj.uri) == obj.etag:
+                plan.skipped += 1
+            elif stored_etag is None:
+                plan.new += 1
+                yield obj
+            else:
+                plan.changed += 1
+                yield obj
+
+    def deleted(self) -> list[str]:
+        """Records under the scope that the listing did not contain."""
+        return sorted(self._unseen)
+
+
+def plan_ingest(
+    scope: str,
+    listing: Iterable[SourceObject],
+    manifest: Mapping[str, str],
+    known_failures: Mapping[str, str] | None = None,
+    shard: Shard | None = None,
+) -> tuple[IngestPlan, list[SourceObject]]:
+    """Whole-listing convenience form of ScopePlanner: (counts + deletions, to-do objects)."""
+    planner = ScopePlanner(scope, manifest, known_failures, shard)
+    todo = list(planner.todo(listing))
+    planner.plan.deleted = planner.deleted()
+    return planner.plan, todo

@@ -1,0 +1,1 @@
+"""Thin Prefect task wrappers over the imgrag library: retries, cache policies, logging."""

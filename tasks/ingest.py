@@ -1,0 +1,52 @@
+"""Prefect tasks of the ingest flow: one task run per batch, never per image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from prefect.tasks import Task, exponential_backoff
+
+from imgrag.errors import ImgragError
+from imgrag.pipeline import process_batch, runtime_for
+from imgrag.records import BatchResult, SourceObject
+from imgrag.settings import Settings
+
+
+def _retryable(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
+    """Retry a batch on unexpected (infrastructure) errors, not on run-level ImgragErrors."""
+    return not isinstance(state.data, ImgragError)
+
+
+# Upserts must happen: no result cache here. The store is the checkpoint: a re-run plans
+# only what is not stored yet, so a crashed run resumes without repeating finished batches.
+@task(
+    name="ingest-batch",
+    task_run_name="ingest-batch-{number}",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retryable,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def ingest_batch(
+    settings: dict[str, Any], source: str, objects: list[SourceObject], run_id: str, number: int
+) -> BatchResult:
+    """Download → normalize → embed → upsert one batch (per-item failures are returned)."""
+    result = process_batch(runtime_for(Settings(**settings), source), objects, run_id)
+    for failure in result.failures:
+        get_run_logger().warning("failed %s at %s: %s", failure.id, failure.stage, failure.reason)
+    return result
+
+
+@task(name="delete-records", cache_policy=NO_CACHE, persist_result=False, retries=2)
+def delete_records(settings: dict[str, Any], source: str, ids: list[str]) -> int:
+    """Remove records whose objects were deleted from the source (and their ledger entries)."""
+    rt = runtime_for(Settings(**settings), source)
+    rt.store.delete(ids)
+    rt.ledger.forget(ids)
+    return len(ids)

@@ -1,0 +1,108 @@
+"""Hermetic test environment: moto S3 server, the Titan emulator, Prefect's test harness.
+
+Environment is set at import time, before Prefect, boto3 or Chroma read it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+_SESSION_HOME = tempfile.mkdtemp(prefix="imgrag-tests-")
+os.environ.update(
+    {
+        "PREFECT_HOME": os.path.join(_SESSION_HOME, "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "DO_NOT_TRACK": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+)
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "PREFECT_API_URL", "OPENAI_API_KEY"):
+    os.environ.pop(_var, None)
+
+import boto3  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from imgrag.emulators.bedrock import FakeBedrock  # noqa: E402
+
+COLOURS = {
+    "red": (220, 20, 30),
+    "green": (30, 200, 40),
+    "blue": (20, 40, 220),
+    "yellow": (240, 220, 30),
+}
+
+
+def image_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48),
+                fmt: str = "JPEG", seed: int = 0) -> bytes:
+    """A small image of mostly one colour, with a seed-dependent corner so bytes differ."""
+    image = Image.new("RGB", size, colour)
+    image.putpixel((0, 0), (seed % 256, (seed * 7) % 256, (seed * 13) % 256))
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test harness (temporary API + database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A moto S3 server on loopback, reached through AWS_ENDPOINT_URL_S3."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    os.environ["AWS_ENDPOINT_URL_S3"] = url
+    yield url
+    server.stop()
+    os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+
+
+@pytest.fixture
+def s3(s3_server: str):
+    """A boto3 S3 client against the moto server."""
+    return boto3.client("s3", endpoint_url=s3_server)
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    """A fresh, empty bucket per test."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def bedrock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBedrock]:
+    """The Titan emulator, reached through AWS_ENDPOINT_URL_BEDROCK_RUNTIME."""
+    with FakeBedrock() as fake:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.url)
+        yield fake
+
+
+@pytest.fixture
+def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh embedded Chroma directory, set through IMGRAG_CHROMA_PATH."""
+    path = tmp_path / "chroma"
+    monkeypatch.setenv("IMGRAG_CHROMA_PATH", str(path))
+    return path
