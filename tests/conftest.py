@@ -6,6 +6,7 @@ Environment is set at import time, before Prefect, boto3 or Chroma read it.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
 import uuid
@@ -106,3 +107,31 @@ def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "chroma"
     monkeypatch.setenv("IMGRAG_CHROMA_PATH", str(path))
     return path
+
+
+class S3RequestLog(logging.Handler):
+    """Counts requests the moto server answered, from its own (werkzeug) access log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def object_gets(self, bucket: str) -> int:
+        """GetObject requests on ``bucket`` (listings carry ``list-type=2`` and don't count)."""
+        return sum(f'"GET /{bucket}/' in line and "list-type" not in line for line in self.lines)
+
+
+@pytest.fixture
+def s3_requests(s3_server: str) -> Iterator[S3RequestLog]:
+    """The moto server's request log for the duration of a test."""
+    log = S3RequestLog()
+    logger = logging.getLogger("werkzeug")
+    logger.addHandler(log)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    yield log
+    logger.removeHandler(log)
+    logger.setLevel(previous)

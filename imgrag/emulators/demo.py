@@ -12,6 +12,7 @@ AWS_ENDPOINT_URL_BEDROCK_RUNTIME, exactly as a user would point boto3 elsewhere.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -77,6 +78,7 @@ def run(step: str, args: list[str], env: dict[str, str]) -> None:
 def main() -> int:
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
     workdir = Path(".demo").resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
