@@ -1,0 +1,72 @@
+"""The Chroma wrapper: cosine space, one vector space per collection, manifest by scope."""
+
+from __future__ import annotations
+
+import pytest
+
+from imgrag.errors import StoreError
+from imgrag.settings import Settings
+from imgrag.store import ImageStore
+
+
+def unit(i: int, dim: int = 8) -> list[float]:
+    return [1.0 if j == i % dim else 0.0 for j in range(dim)]
+
+
+def meta(bucket: str, etag: str) -> dict:
+    return {"bucket": bucket, "etag": etag}
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(chroma_path=tmp_path / "db", dim=256)
+
+
+def test_collection_records_model_and_uses_cosine_space(settings):
+    store = ImageStore.open(settings)
+    assert (store.model_id, store.dim) == (settings.model_id, 256)
+    config = store.collection.configuration
+    assert config["hnsw"]["space"] == "cosine"
+
+
+def test_opening_with_another_dimension_is_refused(settings):
+    ImageStore.open(settings)
+    with pytest.raises(StoreError, match=r"dim 256, not amazon\.titan-embed-image-v1 dim 1024"):
+        ImageStore.open(settings.model_copy(update={"dim": 1024}))
+
+
+def test_collection_not_made_by_imgrag_is_refused(settings):
+    store = ImageStore.open(settings)
+    store.client.create_collection("foreign", embedding_function=None)
+    with pytest.raises(StoreError, match="not created by imgrag"):
+        ImageStore.open(settings.model_copy(update={"collection": "foreign"}))
+
+
+def test_open_without_create_reports_missing_collection(settings):
+    with pytest.raises(StoreError, match="does not exist"):
+        ImageStore.open(settings, create=False)
+
+
+def test_manifest_is_scoped_by_bucket_and_uri_prefix_across_pages(settings, monkeypatch):
+    monkeypatch.setattr("imgrag.store._MANIFEST_PAGE", 7)
+    store = ImageStore.open(settings)
+    ids = [f"s3://b/a/{i}.jpg" for i in range(20)] + ["s3://b/ab.jpg", "s3://c/a/1.jpg"]
+    store.upsert(ids, [unit(i) + [0.0] * 248 for i in range(len(ids))],
+                 [meta(i.split("/")[2], f"e{n}") for n, i in enumerate(ids)])
+
+    manifest = store.manifest("b", "s3://b/a/")
+
+    assert manifest == {f"s3://b/a/{i}.jpg": f"e{i}" for i in range(20)}
+
+
+def test_upsert_is_idempotent_and_query_orders_by_distance(settings):
+    store = ImageStore.open(settings)
+    vectors = [unit(0, 256), unit(1, 256), [0.7] + [0.7] + [0.0] * 254]
+    for _ in range(2):
+        store.upsert(["x", "y", "z"], vectors, [meta("b", "1")] * 3)
+    assert store.count() == 3
+    hits = store.query(unit(0, 256), k=3)
+    assert [h.id for h in hits] == ["x", "z", "y"]
+    assert hits[0].distance == pytest.approx(0.0, abs=1e-6)
+    store.delete(["x"])
+    assert store.count() == 2

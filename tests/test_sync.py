@@ -1,0 +1,54 @@
+"""Change detection: ETag diff within a scope, mark and sweep, shards."""
+
+from __future__ import annotations
+
+import pytest
+
+from imgrag.errors import ConfigError
+from imgrag.records import SourceObject
+from imgrag.sync import in_shard, parse_shard, plan_ingest
+
+
+def obj(key: str, etag: str) -> SourceObject:
+    return SourceObject(uri=f"s3://b/{key}", bucket="b", key=key, etag=etag, size=1)
+
+
+def test_plan_classifies_new_changed_unchanged_and_deleted():
+    manifest = {"s3://b/a/1.jpg": "e1", "s3://b/a/2.jpg": "e2", "s3://b/a/3.jpg": "e3"}
+    listing = [obj("a/1.jpg", "e1"), obj("a/2.jpg", "CHANGED"), obj("a/4.jpg", "e4")]
+
+    plan, todo = plan_ingest("s3://b/a/", listing, manifest)
+
+    assert [o.key for o in todo] == ["a/2.jpg", "a/4.jpg"]
+    assert (plan.listed, plan.new, plan.changed, plan.unchanged) == (3, 1, 1, 1)
+    assert plan.deleted == ["s3://b/a/3.jpg"]
+
+
+def test_known_permanent_failure_is_skipped_only_for_the_same_etag():
+    failures = {"s3://b/x.jpg": "bad", "s3://b/y.jpg": "old"}
+    plan, todo = plan_ingest("s3://b/", [obj("x.jpg", "bad"), obj("y.jpg", "new")], {}, failures)
+    assert [o.key for o in todo] == ["y.jpg"]
+    assert (plan.skipped, plan.new) == (1, 1)
+
+
+def test_shards_partition_the_listing_and_scope_deletions():
+    uris = [f"s3://b/{i}.jpg" for i in range(200)]
+    shards = [{u for u in uris if in_shard(u, (i, 3))} for i in range(3)]
+    assert set().union(*shards) == set(uris)
+    assert sum(len(s) for s in shards) == len(uris)
+    assert all(len(s) > 30 for s in shards)
+
+    manifest = {u: "e" for u in uris}
+    plan, _ = plan_ingest("s3://b/", [], manifest, shard=(1, 3))
+    assert set(plan.deleted) == shards[1]
+
+
+@pytest.mark.parametrize("text", ["1", "a/b", "2/2", "-1/3", "0/0"])
+def test_bad_shard_spec_is_a_config_error(text):
+    with pytest.raises(ConfigError):
+        parse_shard(text)
+
+
+def test_shard_spec_parses():
+    assert parse_shard("1/4") == (1, 4)
+    assert parse_shard(None) is None
