@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder
+from imgrag.filters import filter_metadata
 from imgrag.ledger import FailureLedger
 from imgrag.normalize import NORMALIZE_VERSION, NormalizedImage, NormalizeError, normalize_image
 from imgrag.records import BatchResult, Failure, SourceObject
@@ -79,7 +80,8 @@ def close_runtime(settings: Settings, source: str) -> None:
 def record_metadata(
     obj: SourceObject, image: NormalizedImage, embedder: Embedder, run_id: str
 ) -> dict[str, Any]:
-    """The metadata stored with each vector (Chroma takes str/int/float/bool only)."""
+    """The metadata stored with each vector (Chroma takes str/int/float/bool and non-empty
+    lists of them); ``filter_metadata`` adds the fields query filters need."""
     return {
         "source_uri": obj.uri,
         "bucket": obj.bucket,
@@ -95,6 +97,7 @@ def record_metadata(
         "normalize_version": NORMALIZE_VERSION,
         "ingested_at": datetime.now(UTC).isoformat(),
         "run_id": run_id,
+        **filter_metadata(obj),
     }
 
 
