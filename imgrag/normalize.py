@@ -15,7 +15,9 @@ Notes on the choices made here:
 - JPEG sources are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (``Image.draft``) when
   that lands the longest side within ``DRAFT_MIN_FRACTION`` of the target. The output is then
   that size, never upscaled: a 4000×3000 photo comes out 2000×1500 rather than 2048×1536,
-  about 6× faster than a full decode and resample. Other sources are resampled to the target.
+  about 4× faster than a full decode and resample (``python -m bench.normalize``). A target
+  of exactly 2048 would rule draft out for these (Pillow only scales by 1/2, 1/4, 1/8 and
+  never below the requested size). Other sources are resampled to the target.
 - Transparency is flattened onto white; 16-bit and float greyscale are scaled, not clipped;
   CMYK JPEGs without an Adobe marker are read as plain (non-inverted) CMYK.
 - Colour profiles are dropped, not applied: pixel values are kept as stored.
@@ -100,7 +102,8 @@ def normalize_image(
     """Decode ``data`` and re-encode it as a baseline RGB JPEG within the given limits.
 
     The longest side is at most ``min(max_side, 2048)`` (images are downscaled, never
-    upscaled), the JPEG at most ``max_bytes`` (lower qualities, then smaller sizes, are tried),
+    upscaled; a JPEG decoded at reduced DCT scale may land up to ``1 - DRAFT_MIN_FRACTION``
+    below it), the JPEG at most ``max_bytes`` (lower qualities, then smaller sizes, are tried),
     with EXIF orientation applied and all metadata dropped. Only the first frame of an
     animation is used. Pure and thread-safe.
 
@@ -229,7 +232,7 @@ def _invert_cmyk(im: Image.Image) -> Image.Image:
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB: alpha onto white, deep greyscale scaled to 8 bits."""
     mode = im.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in im.info:
         return im
     if mode in _HIGH_DEPTH_MODES:
         return _deep_grey_to_l(im).convert("RGB")
@@ -298,9 +301,13 @@ def _encode_within(
 
 
 def _encode(im: Image.Image, quality: int) -> bytes:
-    """Baseline JPEG; no EXIF, ICC or other metadata is passed to the encoder."""
+    """Baseline JPEG without metadata.
+
+    EXIF, ICC and XMP are only written when passed to ``save``; the comment is taken from
+    ``im.info`` unless given, so it is blanked explicitly.
+    """
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality, progressive=False, optimize=False)
+    im.save(buf, format="JPEG", quality=quality, progressive=False, optimize=False, comment=b"")
     return buf.getvalue()
 
 
