@@ -1,4 +1,5 @@
-"""The query flow: text → Titan text embedding → Chroma nearest neighbours.
+"""The query flow: text or an example image → Titan embedding → Chroma nearest neighbours,
+filtered by metadata; the CLI also writes HTML/PNG galleries and OpenAI vision summaries.
 ``python -m flows.query --help`` for the CLI."""
 
 from __future__ import annotations
@@ -13,25 +14,39 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 
 from flows.ingest import add_store_arguments
-from imgrag.embedders import make_embedder
 from imgrag.errors import ConfigError, ImgragError
-from imgrag.query import parse_where, search_text
+from imgrag.filters import QueryFilters, parse_date
+from imgrag.gallery import (
+    contact_sheet,
+    human_bytes,
+    render_html,
+    write_contact_sheet,
+    write_html,
+)
+from imgrag.query import SearchRequest, check_image_ref, parse_where, run_search
 from imgrag.records import Hit
 from imgrag.settings import Settings
 from imgrag.store import ImageStore
+from imgrag.summarize import (
+    DEFAULT_OPENAI_MODEL,
+    DEFAULT_SUMMARY_IMAGES,
+    Summary,
+    SummaryError,
+    summarize_hits,
+)
+from imgrag.thumbnails import ThumbnailLoader
 from tasks.report import publish_query_hits
 
 
-@task(name="search-text", retries=1, cache_policy=NO_CACHE, persist_result=False)
-def search_text_task(settings: dict, text: str, k: int, where: dict | None) -> list[Hit]:
-    """Embed the text and search the collection."""
-    s = Settings(**settings)
-    return search_text(ImageStore.open(s, create=False), make_embedder(s), text, k, where)
+@task(name="search-images", retries=1, cache_policy=NO_CACHE, persist_result=False)
+def search_task(settings: dict, request: SearchRequest) -> list[Hit]:
+    """Embed the query (text, cached; or an example image) and search the collection."""
+    return run_search(Settings(**settings), request)
 
 
 @flow(name="query-images", validate_parameters=True)
 def query_flow(
-    text: str,
+    text: str | None = None,
     k: int = 8,
     where: dict | None = None,
     collection: str | None = None,
@@ -39,29 +54,96 @@ def query_flow(
     chroma_path: str | None = None,
     chroma_url: str | None = None,
     region: str | None = None,
+    image: str | None = None,
+    exclude_self: bool = False,
+    filters: QueryFilters | None = None,
+    max_distance: float | None = None,
 ) -> list[Hit]:
-    """The ``k`` indexed images closest to ``text`` (optionally filtered by metadata)."""
+    """The ``k`` indexed images closest to ``text`` or to the example ``image`` (a path or
+    s3:// URI), within the metadata ``where``/``filters``, none farther than ``max_distance``.
+    """
     settings = Settings.from_overrides(collection=collection, dim=dim, chroma_path=chroma_path,
                                        chroma_url=chroma_url, region=region)
-    hits = search_text_task(settings.public_dict(), text, k, where)
-    publish_query_hits(text, settings.collection, hits)
+    request = SearchRequest(text=text, image=image, k=k, where=where,
+                            filters=filters or QueryFilters(), exclude_self=exclude_self,
+                            max_distance=max_distance)
+    hits = search_task(settings.public_dict(), request)
+    publish_query_hits(request.label, settings.collection, hits)
     return hits
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flows.query",
-        description="Search indexed images by text: the text is embedded with Amazon Titan "
-        "Multimodal Embeddings and the nearest images (cosine distance) are printed.",
+        description="Search indexed images by text or by an example image: the query is "
+        "embedded with Amazon Titan Multimodal Embeddings and the nearest images (cosine "
+        "distance) are printed. Repeated texts are answered from a local embedding cache.",
+        epilog="Exit status: 0 on success; 2 on bad input, an unreachable store or model, "
+        "or a failed --summarize (the hits are still printed).",
     )
-    parser.add_argument("text", help="what to look for, e.g. 'blue t-shirt'")
+    parser.add_argument("text", nargs="?", help="what to look for, e.g. 'blue t-shirt'")
     parser.add_argument("-k", type=int, default=8, help="number of hits (default 8)")
-    parser.add_argument("--where", help="Chroma metadata filter as JSON, "
-                        "e.g. '{\"bucket\": \"photos\"}'")
+    example = parser.add_argument_group("query by example")
+    example.add_argument("--image", metavar="PATH_OR_S3_URI",
+                         help="find images similar to this one (instead of TEXT)")
+    example.add_argument("--exclude-self", action="store_true",
+                         help="leave the example image's own record out of the hits")
+    filters = parser.add_argument_group("filters (combined with AND)")
+    filters.add_argument("--prefix", help="object key prefix, as in S3 (e.g. 'catalog/shoes/')")
+    filters.add_argument("--bucket", help="only images from this bucket")
+    filters.add_argument("--min-width", type=int, metavar="PX",
+                         help="only images at least this wide (source pixels)")
+    filters.add_argument("--modified-after", metavar="DATE",
+                         help="only objects modified at or after DATE (YYYY-MM-DD or ISO "
+                         "8601; UTC unless a zone is given)")
+    filters.add_argument("--max-distance", type=float, metavar="D",
+                         help="drop hits with a cosine distance above D (0..2)")
+    filters.add_argument("--where", help="Chroma metadata filter as JSON, "
+                         "e.g. '{\"bucket\": \"photos\"}'")
     add_store_arguments(parser)
-    parser.add_argument("--json", action="store_true",
-                        help="print hits as a JSON list of {id, distance, metadata}")
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", action="store_true",
+                        help="print hits as a JSON list of {id, distance, metadata} (with "
+                        "--summarize: an object {hits, summary, error})")
+    output.add_argument("--html", metavar="PATH",
+                        help="write a self-contained HTML gallery of the hits")
+    output.add_argument("--contact-sheet", metavar="PATH",
+                        help="write one PNG grid of the hits with captions")
+    summary = parser.add_argument_group("summary (OpenAI; OPENAI_API_KEY, OPENAI_BASE_URL)")
+    summary.add_argument("--summarize", action="store_true",
+                         help="describe the top hits with an OpenAI vision model, citing "
+                         "them as S1..Sn")
+    summary.add_argument("--summary-images", type=int, default=DEFAULT_SUMMARY_IMAGES,
+                         metavar="N", help=f"hits sent to the model (default "
+                         f"{DEFAULT_SUMMARY_IMAGES})")
+    summary.add_argument("--openai-model", default=DEFAULT_OPENAI_MODEL,
+                         help=f"vision-capable chat model (default {DEFAULT_OPENAI_MODEL})")
     return parser
+
+
+def build_request(args: argparse.Namespace) -> SearchRequest:
+    """The search asked for on the command line; ConfigError on bad input."""
+    if args.summary_images < 1:
+        raise ConfigError("--summary-images must be at least 1")
+    if args.exclude_self and args.image is None:
+        raise ConfigError("--exclude-self needs --image")
+    try:
+        filters = QueryFilters(
+            prefix=args.prefix, bucket=args.bucket, min_width=args.min_width,
+            modified_after=parse_date(args.modified_after) if args.modified_after else None,
+        )
+        request = SearchRequest(
+            text=args.text, image=args.image, k=args.k, where=parse_where(args.where),
+            filters=filters, exclude_self=args.exclude_self, max_distance=args.max_distance,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid {field}: {message}" if field else message) from None
+    if request.image is not None:
+        check_image_ref(request.image)  # before Prefect starts: a quick one-line error
+    return request
 
 
 def print_hits(hits: list[Hit], as_json: bool) -> None:
@@ -74,10 +156,46 @@ def print_hits(hits: list[Hit], as_json: bool) -> None:
         print(f"{hit.rank:>3}  {hit.distance:.4f}  {hit.id}  {hit.metadata.get('size', '?')} B")
 
 
+def print_answer(
+    hits: list[Hit], summary: Summary | None, error: str | None, as_json: bool
+) -> None:
+    """Hits and the --summarize outcome: text, or one JSON object {hits, summary, error}."""
+    if as_json:
+        print(json.dumps({"hits": [h.as_json() for h in hits],
+                          "summary": summary.as_json() if summary else None,
+                          "error": error}, indent=2))
+        return
+    print_hits(hits, as_json=False)
+    if summary is not None:
+        print(f"\nSummary ({summary.model}):\n{summary}")
+
+
+def write_outputs(args: argparse.Namespace, request: SearchRequest, settings: Settings,
+                  hits: list[Hit], summary: Summary | None, loader: ThumbnailLoader) -> None:
+    """The --html page and --contact-sheet PNG, thumbnails loaded once for both."""
+    if not (args.html or args.contact_sheet):
+        return
+    thumbs = loader.load(hits)
+    title = f'"{request.text}"' if request.text is not None else f"similar to {request.image}"
+    subtitle = f"collection {settings.collection} · k={request.k}"
+    try:
+        if args.html:
+            page = render_html(hits, thumbs, title, subtitle=subtitle, summary=summary)
+            path = write_html(args.html, page)
+            print(f"wrote {path} ({human_bytes(path.stat().st_size)})", file=sys.stderr)
+        if args.contact_sheet:
+            sheet = contact_sheet(hits, thumbs, title, summary=summary)
+            path = write_contact_sheet(args.contact_sheet, sheet)
+            print(f"wrote {path} ({sheet.width}×{sheet.height} px, "
+                  f"{human_bytes(path.stat().st_size)})", file=sys.stderr)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {exc.filename}: {exc.strerror}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        where = parse_where(args.where)
+        request = build_request(args)
         try:
             settings = Settings.from_overrides(
                 collection=args.collection, dim=args.dim, chroma_path=args.chroma_path,
@@ -86,12 +204,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             first = exc.errors()[0]
             raise ConfigError(f"invalid {first['loc'][0]}: {first['msg']}") from None
         ImageStore.open(settings, create=False)
-        hits = query_flow(args.text, args.k, where, args.collection, args.dim,
-                          args.chroma_path, args.chroma_url, args.region)
+        hits = query_flow(request.text, request.k, request.where, args.collection, args.dim,
+                          args.chroma_path, args.chroma_url, args.region, request.image,
+                          request.exclude_self, request.filters, request.max_distance)
     except ImgragError as exc:
         print(f"imgrag: error: {exc}", file=sys.stderr)
         return 2
-    print_hits(hits, args.json)
+    loader = ThumbnailLoader(settings)
+    summary, summary_error = None, None
+    if args.summarize:
+        try:
+            summary = summarize_hits(request.text or "images similar to an example image",
+                                     hits, settings, n_images=args.summary_images,
+                                     model=args.openai_model, loader=loader)
+        except SummaryError as exc:
+            summary_error = str(exc)
+        print_answer(hits, summary, summary_error, args.json)
+    else:
+        print_hits(hits, args.json)
+    try:
+        write_outputs(args, request, settings, hits, summary, loader)
+    except ImgragError as exc:
+        print(f"imgrag: error: {exc}", file=sys.stderr)
+        return 2
+    if summary_error:
+        print(f"imgrag: error: {summary_error}", file=sys.stderr)
+        return 2
     return 0
 
 
