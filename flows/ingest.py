@@ -19,11 +19,12 @@ from pydantic import ValidationError
 
 from imgrag.errors import ConfigError, ImgragError
 from imgrag.lock import writer_lock
-from imgrag.pipeline import close_runtime, runtime_for
+from imgrag.pipeline import close_runtime, hold_runtime, runtime_for
 from imgrag.records import BatchResult, IngestReport, SourceObject
 from imgrag.settings import Settings
 from imgrag.sources import open_source
 from imgrag.sync import ScopePlanner, parse_shard
+from tasks.guard import exclusive_ingest
 from tasks.ingest import delete_records, ingest_batch
 from tasks.report import publish_ingest_report, start_progress, update_progress
 
@@ -64,11 +65,17 @@ def ingest_flow(
     Embeds only new or changed objects (by ETag), removes records of deleted objects within
     the listed scope, and records permanent failures so re-runs skip them.
     """
+    if not source.strip():  # e.g. a deployment made without IMGRAG_SOURCE set
+        raise ConfigError("no source given: pass s3://BUCKET/PREFIX or a folder path")
     settings = Settings.from_overrides(
         collection=collection, dim=dim, chroma_path=chroma_path, chroma_url=chroma_url,
         region=region, batch_size=batch_size, concurrency=concurrency,
     )
-    with writer_lock(settings.chroma_url, settings.chroma_path):
+    with (
+        writer_lock(settings.chroma_url, settings.chroma_path),
+        exclusive_ingest(settings.chroma_url, settings.collection, shard),
+    ):
+        hold_runtime(settings, source)
         try:
             report = _ingest(settings, source, retry_failed, shard)
         finally:

@@ -56,22 +56,42 @@ class Runtime:
 
 
 _runtimes: dict[str, Runtime] = {}
+_holders: dict[str, int] = {}  # runs (threads) of this process using each Runtime
 _runtimes_lock = threading.Lock()
+
+
+def _runtime_key(settings: Settings, source: str) -> str:
+    return json.dumps([settings.public_dict(), source], sort_keys=True)
 
 
 def runtime_for(settings: Settings, source: str) -> Runtime:
     """The process-wide Runtime for (settings, source), opened on first use."""
-    key = json.dumps([settings.public_dict(), source], sort_keys=True)
+    key = _runtime_key(settings, source)
     with _runtimes_lock:
         if key not in _runtimes:
             _runtimes[key] = Runtime.open(settings, source)
         return _runtimes[key]
 
 
-def close_runtime(settings: Settings, source: str) -> None:
-    """Close and forget the Runtime of a finished run."""
-    key = json.dumps([settings.public_dict(), source], sort_keys=True)
+def hold_runtime(settings: Settings, source: str) -> Runtime:
+    """``runtime_for`` for a run: held until its ``close_runtime``, so concurrent runs with
+    the same settings and source in one process (e.g. shards in threads) share it safely."""
+    key = _runtime_key(settings, source)
     with _runtimes_lock:
+        if key not in _runtimes:
+            _runtimes[key] = Runtime.open(settings, source)
+        _holders[key] = _holders.get(key, 0) + 1
+        return _runtimes[key]
+
+
+def close_runtime(settings: Settings, source: str) -> None:
+    """Release a run's hold; the last holder closes and forgets the Runtime."""
+    key = _runtime_key(settings, source)
+    with _runtimes_lock:
+        held = _holders.pop(key, 0) - 1
+        if held > 0:
+            _holders[key] = held
+            return
         rt = _runtimes.pop(key, None)
     if rt is not None:
         rt.close()
