@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 
 from flows.ingest import add_store_arguments
+from imgrag.embedders import make_embedder
 from imgrag.errors import ConfigError, ImgragError
 from imgrag.filters import QueryFilters, parse_date
 from imgrag.gallery import (
@@ -39,9 +40,13 @@ from tasks.report import publish_query_hits
 
 
 @task(name="search-images", retries=1, cache_policy=NO_CACHE, persist_result=False)
-def search_task(settings: dict, request: SearchRequest) -> list[Hit]:
-    """Embed the query (text, cached; or an example image) and search the collection."""
-    return run_search(Settings(**settings), request)
+def search_task(settings: dict, request: SearchRequest) -> tuple[list[Hit], int]:
+    """Embed the query (text, cached; or an example image) and search the collection.
+
+    Returns the hits and the Bedrock text tokens billed (0 when the text was cached)."""
+    s = Settings(**settings)
+    embedder = make_embedder(s)
+    return run_search(s, request, embedder=embedder), embedder.text_tokens
 
 
 @flow(name="query-images", validate_parameters=True)
@@ -67,8 +72,8 @@ def query_flow(
     request = SearchRequest(text=text, image=image, k=k, where=where,
                             filters=filters or QueryFilters(), exclude_self=exclude_self,
                             max_distance=max_distance)
-    hits = search_task(settings.public_dict(), request)
-    publish_query_hits(request.label, settings.collection, hits)
+    hits, text_tokens = search_task(settings.public_dict(), request)
+    publish_query_hits(request.label, settings.public_dict(), hits, text_tokens)
     return hits
 
 

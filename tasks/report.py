@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
 from uuid import UUID
 
 from prefect import task
@@ -14,8 +16,12 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from imgrag.records import Hit, IngestReport
+from imgrag.settings import Settings
+from imgrag.thumbnails import Thumbnail, ThumbnailLoader
 
 MAX_FAILURE_ROWS = 200
+THUMBNAIL_SIDE = 96  # px: ~3 KB of base64 per hit in the artifact
+MAX_THUMBNAILS = 24  # hits beyond this are listed without a picture
 
 
 def _key(prefix: str, collection: str) -> str:
@@ -60,10 +66,47 @@ def publish_ingest_report(report: IngestReport) -> None:
 
 
 @task(name="publish-query-hits", cache_policy=NO_CACHE, persist_result=False)
-def publish_query_hits(text: str, collection: str, hits: list[Hit]) -> None:
-    """A markdown artifact listing the hits of a query."""
-    lines = [f"### Query: {text}", "", "| rank | distance | source | size |", "|---|---|---|---|"]
-    lines += [
-        f"| {h.rank} | {h.distance:.4f} | `{h.id}` | {h.metadata.get('size', '')} |" for h in hits
+def publish_query_hits(
+    label: str, settings: dict[str, Any], hits: list[Hit], text_tokens: int = 0
+) -> None:
+    """A markdown artifact of a query's hits with thumbnails, and its estimated cost.
+
+    Thumbnails are small JPEGs fetched from the source (at the indexed ETag) and inlined as
+    ``data:`` URIs: the artifact lives in the Prefect database, with no file server to
+    link to. Prefect's UI renders ``data:image/`` sources in markdown artifacts.
+    """
+    s = Settings(**settings)
+    thumbs = ThumbnailLoader(s).load(hits[:MAX_THUMBNAILS], side=THUMBNAIL_SIDE)
+    cost = text_tokens * s.price_per_1k_text_tokens / 1000
+    lines = [
+        f"### Query: {' '.join(label.split())}",
+        "",
+        f"Collection `{s.collection}`, {len(hits)} hits; Bedrock text tokens {text_tokens},"
+        f" estimated cost ${cost:.6f}.",
+        "",
+        "| rank | distance | image | source | size |",
+        "|---|---|---|---|---|",
     ]
-    create_markdown_artifact("\n".join(lines), key=_key("query-hits", collection))
+    for i, hit in enumerate(hits):
+        picture = _thumbnail_cell(thumbs[i]) if i < len(thumbs) else ""
+        lines.append(f"| {hit.rank} | {hit.distance:.4f} | {picture} | {_code(hit.id)} |"
+                     f" {hit.metadata.get('size', '')} |")
+    create_markdown_artifact("\n".join(lines), key=_key("query-hits", s.collection),
+                             description=f"Hits of: {label[:200]}")
+
+
+def _thumbnail_cell(thumb: Thumbnail) -> str:
+    if thumb.data_url is None:
+        return f"(no preview: {_cell_text(thumb.error or 'unavailable')})"
+    return f"![thumbnail]({thumb.data_url})"
+
+
+def _code(text: str) -> str:
+    """``text`` as an inline code span that survives a table cell (pipes, backticks)."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {_cell_text(text)} {fence}"
+
+
+def _cell_text(text: str) -> str:
+    """One line, with pipes escaped: GFM splits table cells on ``|`` even inside code."""
+    return " ".join(text.split()).replace("|", "\\|")

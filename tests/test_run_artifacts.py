@@ -1,0 +1,96 @@
+"""What the Prefect UI shows for a run: the artifacts of ingest and query runs, read back
+from the Prefect API as the UI reads them."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import pytest
+from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
+
+import tasks.report
+from flows.ingest import ingest_flow
+from flows.query import query_flow
+from imgrag.emulators.bedrock import count_tokens
+from tests.test_ingest_flow import put_colours
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def artifacts(key: str, flow_run_id: str | None = None) -> list:
+    """Artifacts with ``key`` (of one flow run), oldest first."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]) if flow_run_id else None,
+        ))
+    return sorted(found, key=lambda a: a.created)
+
+
+def table(artifact) -> list[dict]:
+    """The rows of a table artifact (stored as a JSON string)."""
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+def test_ingest_run_publishes_summary_failures_and_progress(
+    s3, bucket, bedrock, store_env, monkeypatch
+):
+    monkeypatch.setenv("IMGRAG_COLLECTION", "artifacts-ingest")
+    monkeypatch.setattr(tasks.report, "MAX_FAILURE_ROWS", 2)
+    put_colours(s3, bucket)
+    for i in range(3):
+        s3.put_object(Bucket=bucket, Key=f"broken-{i}.jpg", Body=b"<html>not a jpeg</html>")
+
+    report = ingest_flow(source=f"s3://{bucket}/", batch_size=2)
+
+    [summary] = artifacts("ingest-summary-artifacts-ingest", report.run_id)
+    metrics = {row["metric"]: row["value"] for row in table(summary)}
+    assert {k: metrics[k] for k in ("listed", "new", "embedded", "failed", "image_calls")} == {
+        "listed": 7, "new": 7, "embedded": 4, "failed": 3, "image_calls": 4}
+    assert metrics["duration_s"] > 0 and metrics["images_per_s"] > 0
+    assert metrics["estimated_cost_usd"] == pytest.approx(4 * 0.00006)
+
+    [failures] = artifacts("ingest-failures-artifacts-ingest", report.run_id)
+    rows = table(failures)
+    assert len(rows) == 3  # two rows, then the count of the rest
+    assert {r["stage"] for r in rows[:2]} == {"normalize"}
+    assert rows[2]["id"] == "... and 1 more"
+
+    [progress] = artifacts("ingest-progress-artifacts-ingest", report.run_id)
+    assert progress.type == "progress"
+    assert float(progress.data) == 100.0
+    assert progress.description == "7 of 7 objects"
+
+
+def test_query_run_publishes_hits_with_inline_thumbnails_and_cost(
+    s3, bucket, bedrock, store_env, monkeypatch
+):
+    monkeypatch.setenv("IMGRAG_COLLECTION", "artifacts-query")
+    put_colours(s3, bucket)
+    ingest_flow(source=f"s3://{bucket}/")
+
+    hits = query_flow("a red object", k=3)
+
+    markdown = artifacts("query-hits-artifacts-query")[-1].data
+    assert markdown.startswith("### Query: a red object")
+    tokens = int(re.search(r"Bedrock text tokens (\d+)", markdown).group(1))
+    assert tokens == count_tokens("a red object") > 0  # as the emulator billed them
+    assert f"estimated cost ${tokens * 0.0008 / 1000:.6f}" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "data:" in line]
+    assert len(rows) == 3
+    for hit, row in zip(hits, rows, strict=True):
+        assert row.startswith(f"| {hit.rank} | {hit.distance:.4f} |") and hit.id in row
+    data = base64.b64decode(re.search(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", rows[0])[1])
+    with Image.open(io.BytesIO(data)) as thumb:
+        assert thumb.format == "JPEG" and max(thumb.size) <= tasks.report.THUMBNAIL_SIDE
+        red, green, blue = thumb.convert("RGB").getpixel((thumb.width // 2, thumb.height // 2))
+    assert red > 180 and green < 60 and blue < 60  # the top hit's own pixels
