@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -38,8 +39,14 @@ def ingest_batch(
 ) -> BatchResult:
     """Download → normalize → embed → upsert one batch (per-item failures are returned)."""
     result = process_batch(runtime_for(Settings(**settings), source), objects, run_id)
-    for failure in result.failures:
-        get_run_logger().warning("failed %s at %s: %s", failure.id, failure.stage, failure.reason)
+    if result.failures:  # one line per batch, not per image; all of them are in the report
+        stages = Counter(f.stage for f in result.failures)
+        first = result.failures[0]
+        get_run_logger().warning(
+            "batch %d: %d failed (%s); first: %s at %s: %s", number, len(result.failures),
+            ", ".join(f"{stage} {n}" for stage, n in sorted(stages.items())),
+            first.id, first.stage, first.reason,
+        )
     return result
 
 

@@ -15,7 +15,11 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterLevel,
 )
+from prefect.logging.handlers import APILogHandler
 
 import tasks.report
 from flows.ingest import ingest_flow
@@ -69,6 +73,14 @@ def test_ingest_run_publishes_summary_failures_and_progress(
     assert progress.type == "progress"
     assert float(progress.data) == 100.0
     assert progress.description == "7 of 7 objects"
+
+    # Logs: failures are summed up once per batch (2 of the 4 batches had some), not per image.
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        warnings = client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[report.run_id]), level=LogFilterLevel(ge_=30)))
+    assert sorted(log.message.split(";")[0] for log in warnings) == [
+        "batch 1: 1 failed (normalize 1)", "batch 2: 2 failed (normalize 2)"]
 
 
 def test_query_run_publishes_hits_with_inline_thumbnails_and_cost(
