@@ -18,6 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Pending, State
 
 from deployments.serve import build_deployments, main
 from flows.ingest import ingest_flow
@@ -99,7 +100,9 @@ def cli(args: list[str], env: dict[str, str]) -> None:
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
 
 
-def test_prefect_deploy_all_creates_the_declared_deployments(prefect_server, cli_env):
+def test_prefect_deploy_all_creates_the_declared_deployments_and_the_server_enforces_them(
+    prefect_server, cli_env
+):
     cli([PREFECT, "work-pool", "create", "imgrag-process", "--type", "process", "--overwrite"],
         cli_env)
     cli([PREFECT, "--no-prompt", "deploy", "--all"], {**cli_env, "IMGRAG_SOURCE": SOURCE})
@@ -125,6 +128,20 @@ def test_prefect_deploy_all_creates_the_declared_deployments(prefect_server, cli
     assert query.entrypoint == "flows/query.py:query_flow"
     assert (query.parameters, query.schedules) == ({"k": 8, "collection": "images"}, [])
     assert "text" in query.parameter_openapi_schema["properties"]
+
+    # The server holds a second ingest run back while one is starting or running; shard
+    # runs are not serialized by their deployment (the flow guards each shard itself).
+    assert [s.name for s in start_two_runs(prefect_server, ingest)] == [
+        "Pending", "AwaitingConcurrencySlot"]
+    assert [s.name for s in start_two_runs(prefect_server, shard)] == ["Pending", "Pending"]
+
+
+def start_two_runs(api_url: str, target: DeploymentResponse) -> list[State]:
+    """Create two runs of ``target`` and ask the server to let both start (go Pending), as
+    a worker does; the states the server answers with."""
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        runs = [client.create_flow_run_from_deployment(target.id) for _ in range(2)]
+        return [client.set_flow_run_state(run.id, Pending()).state for run in runs]
 
 
 def test_serve_registers_ingest_and_query_with_the_schedule_and_pauses_on_stop(
