@@ -14,7 +14,6 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 
 from flows.ingest import add_store_arguments
-from imgrag.embedders import make_embedder
 from imgrag.errors import ConfigError, ImgragError
 from imgrag.filters import QueryFilters, parse_date
 from imgrag.gallery import (
@@ -24,7 +23,13 @@ from imgrag.gallery import (
     write_contact_sheet,
     write_html,
 )
-from imgrag.query import SearchRequest, check_image_ref, parse_where, run_search
+from imgrag.query import (
+    LazyEmbedder,
+    SearchRequest,
+    check_image_ref,
+    parse_where,
+    run_search,
+)
 from imgrag.records import Hit
 from imgrag.settings import Settings
 from imgrag.store import ImageStore
@@ -45,7 +50,7 @@ def search_task(settings: dict, request: SearchRequest) -> tuple[list[Hit], int]
 
     Returns the hits and the Bedrock text tokens billed (0 when the text was cached)."""
     s = Settings(**settings)
-    embedder = make_embedder(s)
+    embedder = LazyEmbedder(s)  # a cached text builds no Bedrock client
     return run_search(s, request, embedder=embedder), embedder.text_tokens
 
 

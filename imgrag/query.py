@@ -202,6 +202,38 @@ def resolve_where(store: ImageStore, request: SearchRequest) -> dict[str, Any] |
     return combine_where(where, {"source_uri": {"$in": ids}})
 
 
+class LazyEmbedder:
+    """The settings' embedder, built on first use: a text query answered from the cache
+    never pays for creating a Bedrock client (a boto3 client takes ~0.1–0.3 s to build)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.model_id = settings.model_id
+        self.dim = settings.dim
+        self._settings = settings
+        self._embedder: Embedder | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = make_embedder(self._settings)
+        return self._embedder
+
+    @property
+    def text_tokens(self) -> int:
+        return self._embedder.text_tokens if self._embedder is not None else 0
+
+    def embed_text(self, text: str) -> list[float]:
+        return self.embedder.embed_text(text)
+
+    def embed_images(self, images: Sequence[bytes]) -> list[list[float]]:
+        return self.embedder.embed_images(images)
+
+    def __getattr__(self, name: str) -> Any:  # the model's limits: max_batch, max_image_side…
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.embedder, name)
+
+
 def open_text_cache(settings: Settings) -> TextEmbeddingCache:
     """The text-embedding cache in the settings' state directory."""
     return TextEmbeddingCache(settings.resolved_state_dir / TEXT_CACHE_NAME)
@@ -217,7 +249,7 @@ def run_search(
 ) -> list[Hit]:
     """Run one search against the collection named by ``settings``."""
     store = store or ImageStore.open(settings, create=False)
-    embedder = embedder or make_embedder(settings)
+    embedder = embedder or LazyEmbedder(settings)
     where = resolve_where(store, request)
     if where == {}:
         return []
