@@ -167,3 +167,16 @@ def test_key_dirs_and_dates():
     assert parse_date("2024-06-01T12:00:00+02:00").hour == 12
     with pytest.raises(ConfigError, match="invalid date"):
         parse_date("yesterday")
+
+
+def test_image_query_by_s3_uri_downloads_and_embeds_the_object(catalog, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="examples/green.png",
+                  Body=image_bytes(COLOURS["green"], size=(300, 200), fmt="PNG"))
+    before = catalog.bedrock.stats.image_calls
+    hits = search(catalog, image=f"s3://{bucket}/examples/green.png", k=1)
+    assert hits[0].metadata["key"] == "catalog/shoes/green-sneaker.jpg"
+    assert catalog.bedrock.stats.image_calls == before + 1
+    with pytest.raises(ConfigError, match="cannot read .*NoSuchKey"):
+        search(catalog, image=f"s3://{bucket}/examples/missing.png")
+    with pytest.raises(ConfigError, match="names a prefix"):
+        search(catalog, image=f"s3://{bucket}/examples/")
