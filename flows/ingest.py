@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections import deque
@@ -13,16 +14,19 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
+from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
+from imgrag.embedders import check_embedder
 from imgrag.errors import ConfigError, ImgragError
-from imgrag.lock import writer_lock
+from imgrag.lock import check_unlocked, writer_lock
 from imgrag.pipeline import close_runtime, hold_runtime, runtime_for
 from imgrag.records import BatchResult, IngestReport, SourceObject
 from imgrag.settings import Settings
-from imgrag.sources import open_source
+from imgrag.sources import check_source
+from imgrag.store import make_chroma_client
 from imgrag.sync import ScopePlanner, parse_shard
 from tasks.guard import exclusive_ingest
 from tasks.ingest import delete_records, ingest_batch
@@ -215,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch_size": args.batch_size, "concurrency": args.concurrency,
         "retry_failed": args.retry_failed, "shard": args.shard,
     }
+    hide_run_error_tracebacks()
     try:
         preflight(params)
         report = ingest_flow(**params)
@@ -226,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def preflight(params: dict[str, Any]) -> None:
-    """Reject bad input before starting Prefect (fast, one-line errors)."""
+    """Reject what would stop the run before starting Prefect: fast one-line errors, and
+    nothing written (no store directory, no state files)."""
     try:
         settings = Settings.from_overrides(**{k: v for k, v in params.items()
                                               if k not in ("source", "retry_failed", "shard")})
@@ -234,7 +240,30 @@ def preflight(params: dict[str, Any]) -> None:
         first = exc.errors()[0]
         raise ConfigError(f"invalid {first['loc'][0]}: {first['msg']}") from None
     parse_shard(params["shard"])
-    open_source(params["source"], settings).check()
+    check_source(params["source"], settings)
+    if settings.chroma_url:
+        make_chroma_client(settings)  # reachable (the HTTP client checks on creation)
+    else:
+        check_unlocked(settings.chroma_path)
+    check_embedder(settings)
+
+
+class _RunErrorTracebackFilter(logging.Filter):
+    """Drop console records carrying an ImgragError: the CLI prints it as one line (the
+    Prefect API still receives the full record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ImgragError))
+
+
+_RUN_ERROR_FILTER = _RunErrorTracebackFilter()
+
+
+def hide_run_error_tracebacks() -> None:
+    """Keep Prefect's console handler from printing tracebacks of run-level errors."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_RUN_ERROR_FILTER)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from types import TracebackType
 
-from imgrag.errors import StoreLockedError
+from imgrag.errors import StoreError, StoreLockedError
 
 LOCK_NAME = "imgrag-writer.lock"
 
@@ -25,18 +25,18 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            where = str(self.path.parent)
+            raise StoreError(f"cannot use store directory {where!r}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
-            raise StoreLockedError(
-                f"store {str(self.path.parent)!r} is being written by pid {holder};"
-                " wait for it to finish, or use a Chroma server (--chroma-url) for"
-                " concurrent writers"
-            ) from None
+            raise StoreLockedError(_locked_message(self.path, holder)) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -56,6 +56,35 @@ class WriterLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _locked_message(path: Path, holder: str) -> str:
+    return (
+        f"store {str(path.parent)!r} is being written by pid {holder or '(unknown)'}"
+        f" (writer lock {str(path)!r}); wait for it to finish, or use a Chroma server"
+        " (--chroma-url) for concurrent writers"
+    )
+
+
+def check_unlocked(store_dir: Path) -> None:
+    """Raise StoreLockedError when a live process holds the store's writer lock.
+
+    Creates nothing: a quick probe before a run starts (the run still takes the lock).
+    """
+    path = Path(store_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # the store path is a file, or not readable
+        raise StoreError(f"cannot use store directory {str(store_dir)!r}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        raise StoreLockedError(_locked_message(path, holder)) from None
+    finally:
+        os.close(fd)  # also releases the probe's shared lock
 
 
 def writer_lock(chroma_url: str | None, chroma_path: Path) -> WriterLock | nullcontext[None]:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     dim: Literal[256, 384, 1024] = 1024
     region: str | None = Field(None, description="AWS region; default: boto3's resolution.")
     bedrock_max_attempts: int = Field(8, ge=1, le=20, description="Attempts per Bedrock call.")
+    bedrock_timeout_s: float = Field(
+        60.0, gt=0, le=900, description="Read timeout of one Bedrock request attempt, seconds."
+    )
 
     # Ingestion
     batch_size: int = Field(32, ge=1, le=5000)

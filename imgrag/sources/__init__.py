@@ -16,6 +16,7 @@ __all__ = [
     "LocalSource",
     "S3Source",
     "Source",
+    "check_source",
     "is_image_key",
     "open_source",
 ]
@@ -30,3 +31,14 @@ def open_source(source: str, settings: Settings, s3_client: Any = None) -> Sourc
     state = settings.resolved_state_dir
     state.mkdir(parents=True, exist_ok=True)
     return LocalSource(Path(source), hash_cache_path=state / "local-hashes.sqlite3")
+
+
+def check_source(source: str, settings: Settings) -> None:
+    """Raise a one-line ConfigError/SourceError when ``source`` cannot be listed.
+
+    Writes nothing (no state directory, no hash cache), so it is safe before a run starts.
+    """
+    if source.startswith("s3://"):
+        open_source(source, settings).check()
+    else:
+        LocalSource(Path(source)).check()

@@ -16,16 +16,30 @@ from imgrag.sources.base import FetchError, is_image_key
 
 # S3 bucket naming rules (general purpose buckets), checked before any request is made.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+MAX_KEY_BYTES = 1024
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` → (bucket, prefix); ConfigError when malformed."""
+    """``s3://bucket/prefix`` → (bucket, prefix); ConfigError when either is invalid."""
     rest = uri[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
-    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+    if (
+        not _BUCKET_RE.match(bucket)
+        or ".." in bucket
+        or _IP_RE.match(bucket)
+        or bucket.startswith(_RESERVED_PREFIXES)
+        or bucket.endswith(_RESERVED_SUFFIXES)
+    ):
         raise ConfigError(f"invalid S3 bucket name {bucket!r} in {uri!r}")
-    if len(prefix.encode()) > 1024:
-        raise ConfigError("S3 prefix longer than 1024 bytes")
+    try:
+        size = len(prefix.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConfigError(f"S3 prefix {prefix!r} is not valid UTF-8") from None
+    if size > MAX_KEY_BYTES:
+        raise ConfigError(f"S3 prefix is {size} bytes, longer than {MAX_KEY_BYTES}")
     return bucket, prefix
 
 
@@ -93,9 +107,16 @@ class S3Source:
             raise _s3_error(exc, self.bucket) from None
 
     def fetch(self, obj: SourceObject) -> bytes:
-        """GetObject with ``IfMatch`` so the bytes always belong to the listed ETag."""
+        """GetObject with ``IfMatch`` so the bytes always belong to the listed ETag.
+
+        The response's ETag is checked too, so a server or proxy that ignores ``If-Match``
+        can still never pair one version's bytes with another version's ETag.
+        """
         try:
             response = self.client.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=obj.etag)
+            if response.get("ETag") != obj.etag:
+                response["Body"].close()
+                raise FetchError("object changed since listing", permanent=False)
             return response["Body"].read()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
@@ -105,6 +126,8 @@ class S3Source:
                 raise FetchError("object deleted since listing", permanent=False) from None
             if code in ("AccessDenied", "403"):
                 raise FetchError("access denied", permanent=False) from None
+            if code == "InvalidObjectState":
+                raise FetchError("object is archived (restore it first)", permanent=True) from None
             raise FetchError(f"S3 GetObject failed: {code}", permanent=False) from None
         except BotoCoreError as exc:
             raise FetchError(f"S3 GetObject failed: {exc}", permanent=False) from None
