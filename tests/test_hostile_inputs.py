@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,13 @@ from flows.ingest import ingest_flow, main
 from imgrag.embedders import TitanEmbedder
 from imgrag.ledger import FailureLedger
 from imgrag.normalize import normalize_image
+from imgrag.notebook import download_s3_objects
 from imgrag.pipeline import LEDGER_NAME
-from imgrag.records import SourceObject
+from imgrag.records import Hit, SourceObject
 from imgrag.settings import Settings
 from imgrag.sources import FetchError, S3Source
 from imgrag.store import ImageStore
+from imgrag.thumbnails import ThumbnailLoader
 from tests import corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -112,6 +115,23 @@ def test_rerun_does_not_download_or_embed_known_bad_files_until_retried_or_chang
     assert f"s3://{bucket}/{fixed_key}" not in ledger(store_env)
 
 
+def test_object_above_the_download_limit_is_refused_without_being_downloaded(
+    s3, bucket, bedrock, store_env, s3_requests, monkeypatch
+):
+    monkeypatch.setenv("IMGRAG_MAX_OBJECT_BYTES", "100000")
+    s3.put_object(Bucket=bucket, Key="huge.png", Body=corpus.over_byte_limit_png())
+    s3.put_object(Bucket=bucket, Key="small.jpg", Body=corpus.small_jpeg())
+
+    report = ingest_flow(source=f"s3://{bucket}/")
+
+    [failure] = report.failures
+    assert (failure.id, failure.stage, failure.permanent) == (
+        f"s3://{bucket}/huge.png", "download", True)
+    assert "above the 100000 byte limit" in failure.reason
+    assert report.embedded == 1
+    assert s3_requests.object_gets(bucket) == 1  # only small.jpg was fetched
+
+
 def files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
 
@@ -134,9 +154,37 @@ def test_hostile_keys_are_indexed_under_their_exact_uri_and_nothing_is_written_o
     assert {meta["key"] for meta in records.values()} == set(corpus.HOSTILE_KEYS)
     new_files = files_under(tmp_path) - before
     assert new_files and all(store_env in p.parents for p in new_files), new_files
+    assert_no_key_text_on_disk(tmp_path, new_files)
+
+
+def test_thumbnail_cache_and_notebook_downloads_of_hostile_keys_are_files_named_by_uri_hash(
+    s3, bucket, bedrock, store_env, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    for i, key in enumerate(corpus.HOSTILE_KEYS):
+        s3.put_object(Bucket=bucket, Key=key, Body=corpus.small_jpeg(seed=i))
+    ingest_flow(source=f"s3://{bucket}/")
+    hits = [Hit(rank=1, id=uri, distance=0.0, metadata=meta)
+            for uri, meta in stored(store_env).items()]
+    thumbs_dir, downloads = tmp_path / "thumbs", tmp_path / "downloads"
+    before = files_under(tmp_path)
+
+    thumbs = ThumbnailLoader(Settings(), cache_dir=thumbs_dir).load(hits)
+    paths = download_s3_objects(bucket, list(corpus.HOSTILE_KEYS), downloads)
+
+    assert [t.error for t in thumbs] == [None] * len(hits)
+    assert None not in paths
+    new_files = files_under(tmp_path) - before
+    assert {p.parent for p in new_files} == {thumbs_dir, downloads}
+    assert all(re.fullmatch(r"[0-9a-f]{32,64}\.jpg(\.json)?", p.name) for p in new_files)
+    assert_no_key_text_on_disk(tmp_path, new_files)
+
+
+def assert_no_key_text_on_disk(root: Path, new_files: set[Path]) -> None:
+    """No file got a name from key text, and nothing escaped to the directories above."""
     names = {p.name for p in new_files}
     assert not names & {"x.jpg", "abs.jpg", "slash.jpg", "dot.jpg", "ñandú.jpg"}
-    for directory in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
+    for directory in (root, root.parent, root.parent.parent):
         assert not (directory / "x.jpg").exists() and not (directory / "abs.jpg").exists()
 
 
