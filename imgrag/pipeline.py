@@ -128,6 +128,7 @@ class _Unit:
     objects: list[SourceObject]
     images: list[NormalizedImage] = field(default_factory=list)
     vectors: list[list[float]] = field(default_factory=list)
+    metadatas: list[dict[str, Any]] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     bytes_downloaded: int = 0
     images_sent: int = 0
@@ -158,7 +159,8 @@ def _prepare(rt: Runtime, obj: SourceObject) -> tuple[NormalizedImage | None, Fa
     return image, None, len(data)
 
 
-def _run_unit(rt: Runtime, unit: _Unit) -> _Unit:
+def _run_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
+    """Prepare and embed one unit; image bytes are dropped once embedded (flat memory)."""
     ready: list[SourceObject] = []
     for obj in unit.objects:
         image, failure, nbytes = _prepare(rt, obj)
@@ -178,7 +180,10 @@ def _run_unit(rt: Runtime, unit: _Unit) -> _Unit:
                         permanent=exc.permanent)
                 for o in ready
             ]
-            unit.images = []
+        else:
+            unit.metadatas = [record_metadata(o, img, rt.embedder, run_id)
+                              for o, img in zip(ready, unit.images, strict=True)]
+        unit.images = []
     unit.objects = ready if unit.vectors else []
     return unit
 
@@ -192,15 +197,14 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
     started = time.perf_counter()
     step = rt.embedder.max_batch
     units = [_Unit(list(objects[i : i + step])) for i in range(0, len(objects), step)]
-    done = list(rt.pool.map(lambda u: _run_unit(rt, u), units))
+    done = list(rt.pool.map(lambda u: _run_unit(rt, u, run_id), units))
 
     ids, vectors, metadatas, failures = [], [], [], []
     for unit in done:
         failures += unit.failures
-        for obj, image, vector in zip(unit.objects, unit.images, unit.vectors, strict=True):
-            ids.append(obj.uri)
-            vectors.append(vector)
-            metadatas.append(record_metadata(obj, image, rt.embedder, run_id))
+        ids += [obj.uri for obj in unit.objects]
+        vectors += unit.vectors
+        metadatas += unit.metadatas
     if ids:
         rt.store.upsert(ids, vectors, metadatas)
         rt.ledger.forget(ids)

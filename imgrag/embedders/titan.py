@@ -2,9 +2,11 @@
 
 Request/response: ``{"inputImage": b64 | "inputText": str, "embeddingConfig":
 {"outputEmbeddingLength": 256|384|1024}}`` → ``{"embedding": [...], "inputTextTokenCount": n}``.
-Throttling, 5xx and connection errors are retried by botocore's *adaptive* retry mode (a
-client-side rate limiter shared by every thread using this client, learning from 429s);
-ModelTimeoutException, which botocore does not retry, is retried here with backoff+jitter.
+Every attempt goes through one AdaptiveRateLimiter per embedder (so per run), shared by all
+threads: it learns the account's quota from ThrottlingException and paces the calls. botocore
+itself does not retry (``total_max_attempts`` 1), so the limiter sees every 429; throttling,
+timeouts, 5xx and connection errors are retried here, with backoff and jitter, within
+``max_attempts`` attempts per call, after which the item is a transient failure.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from imgrag.embedders.base import EmbedFailed
 from imgrag.errors import EmbeddingError
+from imgrag.ratelimit import AdaptiveRateLimiter, Outcome
 from imgrag.settings import TITAN_IMAGE_MODEL_ID
 
 TITAN_DIMS = (256, 384, 1024)
@@ -35,6 +44,19 @@ _RUN_FATAL = {
     "ExpiredTokenException": "AWS credentials expired",
 }
 _TIMEOUT_CODES = {"ModelTimeoutException", "ModelNotReadyException"}
+_THROTTLE_CODES = {"ThrottlingException", "TooManyRequestsException"}
+_TRANSIENT_ERRORS = (BotoConnectionError, HTTPClientError)  # timeouts, resets, refused
+
+
+def _error_code(exc: ClientError) -> tuple[str, int]:
+    return (exc.response.get("Error", {}).get("Code", ""),
+            exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _retryable(exc: ClientError) -> bool:
+    """Throttling, model timeouts and server errors: the same request may succeed later."""
+    code, status = _error_code(exc)
+    return code in _THROTTLE_CODES or code in _TIMEOUT_CODES or status >= 500
 
 
 def truncate_text(text: str) -> str:
@@ -51,15 +73,13 @@ def check_credentials() -> None:
         )
 
 
-def make_bedrock_client(
-    region: str | None, max_attempts: int, max_pool: int, read_timeout: float = 60.0
-) -> Any:
+def make_bedrock_client(region: str | None, max_pool: int, read_timeout: float = 60.0) -> Any:
     """A bedrock-runtime client from boto3's standard configuration.
 
     ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME`` redirects it (the emulator, a VPC endpoint).
     """
     config = Config(
-        retries={"total_max_attempts": max_attempts, "mode": "adaptive"},
+        retries={"total_max_attempts": 1, "mode": "standard"},  # TitanEmbedder retries
         max_pool_connections=max_pool,
         connect_timeout=10,
         read_timeout=read_timeout,
@@ -89,9 +109,8 @@ class TitanEmbedder:
             raise ValueError(f"Titan output length must be one of {TITAN_DIMS}, not {dim}")
         self.dim = dim
         self.max_attempts = max_attempts
-        self.client = client or make_bedrock_client(
-            region, max_attempts, max_pool, read_timeout
-        )
+        self.client = client or make_bedrock_client(region, max_pool, read_timeout)
+        self.limiter = AdaptiveRateLimiter()
         self.text_tokens = 0
         self._lock = threading.Lock()
 
@@ -114,27 +133,25 @@ class TitanEmbedder:
         body["embeddingConfig"] = {"outputEmbeddingLength": self.dim}
         payload = json.dumps(body)
         for attempt in range(1, self.max_attempts + 1):
+            last = attempt == self.max_attempts
             try:
-                response = self.client.invoke_model(
-                    modelId=self.model_id,
-                    body=payload,
-                    contentType="application/json",
-                    accept="application/json",
-                )
-                result = json.loads(response["body"].read())
+                result = self._send(payload)
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
+                code, _ = _error_code(exc)
                 message = exc.response.get("Error", {}).get("Message", "")
                 if code in _RUN_FATAL:
                     raise EmbeddingError(_RUN_FATAL[code].format(model=self.model_id)) from None
-                if code in _TIMEOUT_CODES and attempt < self.max_attempts:
-                    time.sleep(random.uniform(0, min(20.0, 0.5 * 2**attempt)))
+                if _retryable(exc) and not last:
+                    _backoff(attempt)
                     continue
                 permanent = code == "ValidationException"
                 raise EmbedFailed(f"{code}: {message}".strip(": "), permanent=permanent) from None
             except NoCredentialsError:
                 raise EmbeddingError("no AWS credentials found for Bedrock") from None
             except BotoCoreError as exc:
+                if isinstance(exc, _TRANSIENT_ERRORS) and not last:
+                    _backoff(attempt)
+                    continue
                 raise EmbedFailed(f"{type(exc).__name__}: {exc}", permanent=False) from None
             embedding = result.get("embedding")
             if not isinstance(embedding, list) or len(embedding) != self.dim:
@@ -143,3 +160,29 @@ class TitanEmbedder:
                                   permanent=False)
             return result
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _send(self, payload: str) -> dict[str, Any]:
+        """One InvokeModel attempt, paced by the limiter and reported back to it."""
+        sent_at = self.limiter.acquire()
+        outcome: Outcome = "error"
+        try:
+            response = self.client.invoke_model(
+                modelId=self.model_id,
+                body=payload,
+                contentType="application/json",
+                accept="application/json",
+            )
+            result = json.loads(response["body"].read())
+            outcome = "ok"
+            return result
+        except ClientError as exc:
+            if _error_code(exc)[0] in _THROTTLE_CODES:
+                outcome = "throttled"
+            raise
+        finally:
+            self.limiter.finished(sent_at, outcome)
+
+
+def _backoff(attempt: int) -> None:
+    """Full-jitter exponential backoff before retry ``attempt`` + 1."""
+    time.sleep(random.uniform(0, min(20.0, 0.5 * 2**attempt)))
