@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
@@ -20,7 +21,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.runtime import flow_run
 
-from imgrag.errors import StoreLockedError
+from imgrag.errors import StoreError, StoreLockedError
 from imgrag.sync import parse_shard
 
 
@@ -50,15 +51,23 @@ def exclusive_ingest(chroma_url: str | None, collection: str, shard: str | None)
     run_id = flow_run.get_id()
     holder = ConcurrencyLeaseHolder(type="flow_run", id=run_id) if run_id else None
     with ExitStack() as stack:
-        try:
+        try:  # not strict: a limit switched off (inactive) in the UI switches the guard off
             stack.enter_context(concurrency(
-                name, occupy=1, max_retries=0, strict=True, holder=holder,
+                name, occupy=1, max_retries=0, strict=False, holder=holder,
                 raise_on_lease_renewal_failure=False,
             ))
-        except ConcurrencySlotAcquisitionError:
+        except ConcurrencySlotAcquisitionError as exc:
+            if not _slot_taken(exc):
+                raise StoreError(f"cannot take Prefect concurrency limit {name!r}: {exc}") from None
             what = f"collection {collection!r}" + (f" shard {shard}" if shard else "")
             raise StoreLockedError(
                 f"another ingest of {what} is running (Prefect concurrency limit {name!r});"
                 " this run changed nothing"
             ) from None
         yield
+
+
+def _slot_taken(exc: ConcurrencySlotAcquisitionError) -> bool:
+    """The server answered 423 Locked: the one slot is held by another run."""
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423

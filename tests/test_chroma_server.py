@@ -14,6 +14,8 @@ from typing import ClassVar
 
 import chromadb
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.concurrency.sync import concurrency
 
 from flows.ingest import ingest_flow
@@ -207,3 +209,9 @@ def test_a_second_run_of_a_running_shard_is_refused_and_other_shards_proceed(
     after = ingest_flow(source=source, shard="0/2")
     assert after.embedded + other.embedded == 4
     assert len(records(server_env, collection)) == 4
+
+    # Switched off in the UI (inactive), the limit guards nothing.
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(held, GlobalConcurrencyLimitUpdate(active=False))
+    with concurrency(held, occupy=1):
+        assert ingest_flow(source=source, shard="0/2").unchanged == after.embedded
