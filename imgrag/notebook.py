@@ -43,7 +43,7 @@ from imgrag.gallery import render_fragment
 from imgrag.ledger import FailureLedger
 from imgrag.lock import writer_lock
 from imgrag.normalize import NormalizeError, normalize_image
-from imgrag.pipeline import LEDGER_NAME, Runtime, process_batch
+from imgrag.pipeline import LEDGER_NAME, Runtime, normalize_for_model, process_batch
 from imgrag.query import SearchRequest, run_search
 from imgrag.records import Failure, Hit, SourceObject
 from imgrag.settings import Settings
@@ -221,8 +221,7 @@ def titan_embed_image_safe(image: ImageInput, dim: int | None = None) -> list[fl
     settings = Settings.from_overrides(dim=dim)
     embedder = _embedder(settings)
     try:
-        data = normalize_image_to_jpeg_bytes(image, min(settings.max_side,
-                                                        embedder.max_image_side))
+        data = normalize_for_model(_read_image(image), embedder, settings).data
         return embedder.embed_images([data])[0]
     except (NormalizeError, EmbedFailed, OSError) as exc:
         log.warning("image not embedded: %s", getattr(exc, "reason", exc))

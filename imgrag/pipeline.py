@@ -121,6 +121,16 @@ def record_metadata(
     }
 
 
+def normalize_for_model(data: bytes, embedder: Embedder, settings: Settings) -> NormalizedImage:
+    """Normalize within the model's input limits and the settings' size bounds."""
+    return normalize_image(
+        data,
+        max_side=min(settings.max_side, embedder.max_image_side),
+        max_bytes=embedder.max_image_bytes,
+        max_source_pixels=settings.max_source_pixels,
+    )
+
+
 @dataclass
 class _Unit:
     """Items embedded by one model call (Titan: one image)."""
@@ -147,12 +157,7 @@ def _prepare(rt: Runtime, obj: SourceObject) -> tuple[NormalizedImage | None, Fa
         return None, Failure(id=obj.uri, etag=obj.etag, stage="download", reason=exc.reason,
                              permanent=exc.permanent), 0
     try:
-        image = normalize_image(
-            data,
-            max_side=min(settings.max_side, embedder.max_image_side),
-            max_bytes=embedder.max_image_bytes,
-            max_source_pixels=settings.max_source_pixels,
-        )
+        image = normalize_for_model(data, embedder, settings)
     except NormalizeError as exc:
         return None, Failure(id=obj.uri, etag=obj.etag, stage="normalize", reason=exc.reason,
                              permanent=True), len(data)

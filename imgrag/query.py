@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field, model_validator
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder
 from imgrag.errors import ConfigError, EmbeddingError
 from imgrag.filters import QueryFilters, combine_where
-from imgrag.normalize import NormalizeError, normalize_image
+from imgrag.normalize import NormalizeError
+from imgrag.pipeline import normalize_for_model
 from imgrag.records import Hit
 from imgrag.settings import Settings
 from imgrag.sources.s3 import make_s3_client, parse_s3_uri
@@ -145,12 +146,7 @@ def read_image_ref(ref: str, settings: Settings, s3_client: Any = None) -> bytes
 def embed_image_bytes(data: bytes, embedder: Embedder, settings: Settings) -> list[float]:
     """Normalize with the limits ingest uses, then embed; one-line errors."""
     try:
-        image = normalize_image(
-            data,
-            max_side=min(settings.max_side, embedder.max_image_side),
-            max_bytes=embedder.max_image_bytes,
-            max_source_pixels=settings.max_source_pixels,
-        )
+        image = normalize_for_model(data, embedder, settings)
     except NormalizeError as exc:
         raise ConfigError(f"the query image is not usable: {exc.reason}") from None
     try:
