@@ -135,3 +135,22 @@ def s3_requests(s3_server: str) -> Iterator[S3RequestLog]:
     yield log
     logger.removeHandler(log)
     logger.setLevel(previous)
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory):
+    """A small catalog indexed through the real pipeline, once per test module."""
+    from tests.retrieval import catalog_fixture
+
+    yield from catalog_fixture(tmp_path_factory)
+
+
+@pytest.fixture
+def fake_openai(monkeypatch: pytest.MonkeyPatch):
+    """The fake OpenAI-compatible server, reached through OPENAI_BASE_URL."""
+    from tests.fake_openai import API_KEY, FakeOpenAI
+
+    with FakeOpenAI() as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
+        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+        yield fake

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
-from collections.abc import Iterator
 
-import pytest
 from PIL import Image
 
 from imgrag.gallery import contact_sheet, render_html
@@ -17,12 +15,7 @@ from imgrag.settings import Settings
 from imgrag.summarize import Summary, SummarySource
 from imgrag.thumbnails import THUMBNAIL_SIDE, Thumbnail, ThumbnailLoader, cache_name
 from tests.conftest import COLOURS, image_bytes
-from tests.retrieval import CATALOG, Catalog, catalog_fixture, index_source
-
-
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
-    yield from catalog_fixture(tmp_path_factory)
+from tests.retrieval import CATALOG, Catalog, index_source
 
 
 def all_hits(catalog: Catalog, text: str = "red") -> list[Hit]:

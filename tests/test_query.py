@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -12,12 +11,7 @@ from imgrag.filters import QueryFilters, key_dirs, parse_date
 from imgrag.query import SearchRequest, run_search
 from imgrag.text_cache import TextEmbeddingCache
 from tests.conftest import COLOURS, image_bytes
-from tests.retrieval import CATALOG, NEW, Catalog, catalog_fixture
-
-
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
-    yield from catalog_fixture(tmp_path_factory)
+from tests.retrieval import CATALOG, NEW, Catalog
 
 
 def keys(catalog: Catalog, hits) -> list[str]:

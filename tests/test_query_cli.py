@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,23 +11,11 @@ from PIL import Image
 
 from flows.query import main
 from imgrag.thumbnails import THUMBNAIL_SIDE
-from tests.fake_openai import API_KEY, FakeOpenAI
-from tests.retrieval import CATALOG, Catalog, catalog_fixture
+from tests.retrieval import CATALOG, Catalog
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
-    yield from catalog_fixture(tmp_path_factory)
-
-
-@pytest.fixture
-def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
-        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-        yield fake
 
 
 def run(catalog: Catalog, capsys, *argv: str) -> tuple[int, str, str]:

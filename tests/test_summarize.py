@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import sys
-from collections.abc import Iterator
 
 import pytest
 from PIL import Image
@@ -18,21 +17,8 @@ from imgrag.summarize import (
     make_openai_client,
     summarize_hits,
 )
-from tests.fake_openai import API_KEY, FakeOpenAI
-from tests.retrieval import CATALOG, Catalog, catalog_fixture
-
-
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
-    yield from catalog_fixture(tmp_path_factory)
-
-
-@pytest.fixture
-def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
-        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-        yield fake
+from tests.fake_openai import API_KEY
+from tests.retrieval import CATALOG, Catalog
 
 
 def red_hits(catalog: Catalog) -> list[Hit]:
