@@ -34,7 +34,7 @@ class AdaptiveRateLimiter:
         self,
         *,
         decrease: float = 0.9,
-        recovery_calls: int = 40,
+        recovery_calls: int = 60,
         slow_start_calls: int = 8,
         initial_window: int = 8,
         min_rate: float = 0.5,

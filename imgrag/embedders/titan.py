@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -29,6 +28,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from imgrag.aws import new_session
 from imgrag.embedders.base import EmbedFailed
 from imgrag.errors import EmbeddingError
 from imgrag.ratelimit import AdaptiveRateLimiter, Outcome
@@ -67,7 +67,7 @@ def truncate_text(text: str) -> str:
 
 def check_credentials() -> None:
     """EmbeddingError when boto3 finds no AWS credentials at all (nothing is sent)."""
-    if boto3.session.Session().get_credentials() is None:
+    if new_session().get_credentials() is None:
         raise EmbeddingError(
             "no AWS credentials found for Bedrock (set AWS_PROFILE or AWS_ACCESS_KEY_ID)"
         )
@@ -84,7 +84,7 @@ def make_bedrock_client(region: str | None, max_pool: int, read_timeout: float =
         connect_timeout=10,
         read_timeout=read_timeout,
     )
-    return boto3.session.Session().client("bedrock-runtime", region_name=region, config=config)
+    return new_session().client("bedrock-runtime", region_name=region, config=config)
 
 
 class TitanEmbedder:

@@ -6,10 +6,10 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from imgrag.aws import new_session
 from imgrag.errors import ConfigError, SourceError
 from imgrag.records import SourceObject
 from imgrag.sources.base import FetchError, is_image_key
@@ -49,7 +49,7 @@ def make_s3_client(region: str | None = None, max_pool: int = 10) -> Any:
         retries={"total_max_attempts": 5, "mode": "standard"},
         max_pool_connections=max(10, max_pool),
     )
-    return boto3.session.Session().client("s3", region_name=region, config=config)
+    return new_session().client("s3", region_name=region, config=config)
 
 
 def _s3_error(exc: Exception, bucket: str) -> SourceError:
