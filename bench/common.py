@@ -50,7 +50,8 @@ def hermetic_env(home: Path) -> dict[str, str]:
 
 def clean_environ(extra: dict[str, str]) -> dict[str, str]:
     """``os.environ`` without user AWS/Prefect/imgrag settings, plus ``extra``."""
-    drop = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "PREFECT_API_URL", "PREFECT_API_KEY")
+    drop = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "PREFECT_API_URL", "PREFECT_API_KEY",
+            "PYTHONDONTWRITEBYTECODE")  # CLI children start as a user's do: bytecode cached
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("IMGRAG_")}
     env.update(extra)
     return env

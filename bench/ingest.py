@@ -65,7 +65,7 @@ BUCKET = "bench-photos"
 EMPTY_BUCKET = "bench-empty"
 PREFIX = "photos/"
 CHANGED_SHARE = 0.01
-REPEATS = 3  # cheap phases (re-runs, empty prefix): best of this many
+REPEATS = 3  # cheap phases (re-runs, empty prefix): best of this many (1 with --quick)
 PHASES = ("baseline", "first", "rerun", "changed", "memory", "prefect")
 TITAN = "amazon.titan-embed-image-v1"
 REPO = Path(__file__).resolve().parent.parent
@@ -225,7 +225,8 @@ class Bench:
                      self.cpu.read())
 
     def best_of(self, name: str, run: Callable[[], tuple[int, int]]) -> Phase:
-        return min((self.measure(name, run) for _ in range(REPEATS)), key=lambda p: p.wall_s)
+        repeats = 1 if self.args.quick else REPEATS
+        return min((self.measure(name, run) for _ in range(repeats)), key=lambda p: p.wall_s)
 
     def flow_run(self, bucket: str, prefix: str, store: Path | None = None,
                  concurrency: int | None = None, batch_size: int | None = None,
@@ -270,18 +271,21 @@ class Bench:
         return rows
 
     def prefect_overhead(self) -> dict[str, float]:
-        """Interpreter and import times, and an empty-prefix CLI run per Prefect mode."""
+        """An empty-prefix CLI run against the server; unless --quick, interpreter and import
+        times and the same run in ephemeral mode (fresh and existing Prefect database)."""
+        source = f"s3://{EMPTY_BUCKET}/"
+        timings = {"cli_empty_with_server_s": min(
+            self.cli_ingest(source, self.workdir / "store-cli", self.env)[0].wall_s
+            for _ in range(1 if self.args.quick else 2))}
+        if self.args.quick:
+            return {k: round(v, 3) for k, v in timings.items()}
         python = sys.executable
-        timings = {
+        timings |= {
             "python_startup_s": run_child([python, "-c", "pass"], self.env).wall_s,
             "import_prefect_s": run_child([python, "-c", "import prefect"], self.env).wall_s,
             "import_flows_ingest_s": run_child([python, "-c", "import flows.ingest"], self.env,
                                                cwd=REPO).wall_s,
         }
-        source = f"s3://{EMPTY_BUCKET}/"
-        timings["cli_empty_with_server_s"] = min(
-            self.cli_ingest(source, self.workdir / "store-cli", self.env)[0].wall_s
-            for _ in range(2))
         ephemeral = {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
         ephemeral["PREFECT_HOME"] = str(self.workdir / "prefect-ephemeral")
         first = self.cli_ingest(source, self.workdir / "store-cli", ephemeral)[0].wall_s
@@ -437,6 +441,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--phases", type=lambda s: s.split(","), default=list(PHASES),
                         help=f"subset of {','.join(PHASES)} (default: all)")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: cheap phases once, no import or ephemeral timings")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     if any(n > args.images for n in args.rss_images):
