@@ -172,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", required=True,
                         help="s3://BUCKET/PREFIX or a local folder path")
     add_store_arguments(parser)
-    parser.add_argument("--batch-size", type=int, help="objects per batch task (default 32)")
+    parser.add_argument("--batch-size", type=int, help="objects per batch task (default 128)")
     parser.add_argument("--concurrency", type=int,
-                        help="parallel downloads/Bedrock calls (default 16)")
+                        help="parallel downloads/Bedrock calls (default 32)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="retry objects recorded as permanently failed")
     parser.add_argument("--shard", metavar="I/N",
