@@ -116,22 +116,28 @@ class TitanEmbedder:
 
     def embed_images(self, images: Sequence[bytes]) -> list[list[float]]:
         """Embed each image (Titan takes one per call)."""
+        config = json.dumps({"outputEmbeddingLength": self.dim})
         vectors = []
         for image in images:
-            body = {"inputImage": base64.b64encode(image).decode("ascii")}
-            vectors.append(self._invoke(body)["embedding"])
+            # Base64 needs no JSON escaping: formatting the body saves json.dumps a ~2 ms scan
+            # of the ~1 MB string per image.
+            b64 = base64.b64encode(image).decode("ascii")
+            payload = f'{{"inputImage": "{b64}", "embeddingConfig": {config}}}'
+            vectors.append(self._invoke(payload)["embedding"])
         return vectors
 
     def embed_text(self, text: str) -> list[float]:
         """Embed a text query (truncated to Titan's limit)."""
-        response = self._invoke({"inputText": truncate_text(text)})
+        response = self._invoke(json.dumps({
+            "inputText": truncate_text(text),
+            "embeddingConfig": {"outputEmbeddingLength": self.dim},
+        }))
         with self._lock:
             self.text_tokens += int(response.get("inputTextTokenCount") or 0)
         return response["embedding"]
 
-    def _invoke(self, body: dict[str, Any]) -> dict[str, Any]:
-        body["embeddingConfig"] = {"outputEmbeddingLength": self.dim}
-        payload = json.dumps(body)
+    def _invoke(self, payload: str) -> dict[str, Any]:
+        """InvokeModel with the JSON ``payload``, retried within ``max_attempts``."""
         for attempt in range(1, self.max_attempts + 1):
             last = attempt == self.max_attempts
             try:
