@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from imgrag.embedders import check_embedder
 from imgrag.errors import ConfigError, ImgragError
 from imgrag.lock import check_unlocked, writer_lock
-from imgrag.pipeline import close_runtime, hold_runtime, runtime_for
+from imgrag.pipeline import Runtime, close_runtime, hold_runtime
 from imgrag.records import BatchResult, IngestReport, SourceObject
 from imgrag.settings import Settings
 from imgrag.sources import check_source
@@ -79,20 +79,20 @@ def ingest_flow(
         writer_lock(settings.chroma_url, settings.chroma_path),
         exclusive_ingest(settings.chroma_url, settings.collection, shard),
     ):
-        hold_runtime(settings, source)
+        rt = hold_runtime(settings, source)
         try:
-            report = _ingest(settings, source, retry_failed, shard)
+            report = _ingest(rt, source, retry_failed, shard)
         finally:
             close_runtime(settings, source)
     publish_ingest_report(report)
     return report
 
 
-def _ingest(settings: Settings, source: str, retry_failed: bool, shard: str | None) -> IngestReport:
+def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None) -> IngestReport:
     logger = get_run_logger()
     started = time.perf_counter()
     run_id = flow_run.get_id() or "local"
-    rt = runtime_for(settings, source)
+    settings = rt.settings
     scope = rt.source.scope
     known = {} if retry_failed else rt.ledger.known(scope)
     planner = ScopePlanner(scope, rt.store.manifest(rt.source.bucket, scope), known,

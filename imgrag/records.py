@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Stage = Literal["list", "download", "normalize", "embed", "upsert"]
+Stage = Literal["download", "normalize", "embed"]
 
 
 class SourceObject(BaseModel):
@@ -54,7 +54,6 @@ class IngestPlan(BaseModel):
     changed: int = 0
     unchanged: int = 0
     skipped: int = 0  # known permanent failures with the same ETag
-    deleted: list[str] = Field(default_factory=list)
 
 
 class IngestReport(BaseModel):

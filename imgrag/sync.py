@@ -80,16 +80,3 @@ class ScopePlanner:
         """Records under the scope that the listing did not contain."""
         return sorted(self._unseen)
 
-
-def plan_ingest(
-    scope: str,
-    listing: Iterable[SourceObject],
-    manifest: Mapping[str, str],
-    known_failures: Mapping[str, str] | None = None,
-    shard: Shard | None = None,
-) -> tuple[IngestPlan, list[SourceObject]]:
-    """Whole-listing convenience form of ScopePlanner: (counts + deletions, to-do objects)."""
-    planner = ScopePlanner(scope, manifest, known_failures, shard)
-    todo = list(planner.todo(listing))
-    planner.plan.deleted = planner.deleted()
-    return planner.plan, todo

@@ -33,7 +33,7 @@ from imgrag.pipeline import LEDGER_NAME
 from imgrag.settings import Settings
 from imgrag.sources import open_source
 from imgrag.summarize import make_openai_client
-from imgrag.sync import plan_ingest
+from imgrag.sync import ScopePlanner
 from tests.conftest import COLOURS, image_bytes
 from tests.fake_openai import API_KEY, FakeOpenAI
 
@@ -103,12 +103,12 @@ def test_notebook_records_are_the_ingest_flows_records(shop, s3, tmp_path):
     settings = Settings()
     source = open_source(f"s3://{shop}/shop/", settings)
     ledger = FailureLedger(settings.resolved_state_dir / LEDGER_NAME, settings.collection)
-    plan, todo = plan_ingest(source.scope, source.list_objects(),
-                             collection.store.manifest(shop, source.scope),
-                             ledger.known(source.scope))
+    planner = ScopePlanner(source.scope, collection.store.manifest(shop, source.scope),
+                           ledger.known(source.scope))
+    todo = list(planner.todo(source.list_objects()))
     ledger.close()
     assert todo == []  # a CLI ingest after the notebook would embed nothing
-    assert (plan.unchanged, plan.skipped) == (3, 1)
+    assert (planner.plan.unchanged, planner.plan.skipped) == (3, 1)
 
 
 def test_local_copies_are_shown_even_when_the_source_is_gone(shop, s3, tmp_path):

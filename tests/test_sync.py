@@ -6,7 +6,7 @@ import pytest
 
 from imgrag.errors import ConfigError
 from imgrag.records import SourceObject
-from imgrag.sync import in_shard, parse_shard, plan_ingest
+from imgrag.sync import ScopePlanner, in_shard, parse_shard
 
 
 def obj(key: str, etag: str) -> SourceObject:
@@ -17,18 +17,21 @@ def test_plan_classifies_new_changed_unchanged_and_deleted():
     manifest = {"s3://b/a/1.jpg": "e1", "s3://b/a/2.jpg": "e2", "s3://b/a/3.jpg": "e3"}
     listing = [obj("a/1.jpg", "e1"), obj("a/2.jpg", "CHANGED"), obj("a/4.jpg", "e4")]
 
-    plan, todo = plan_ingest("s3://b/a/", listing, manifest)
+    planner = ScopePlanner("s3://b/a/", manifest)
+    todo = list(planner.todo(listing))
 
     assert [o.key for o in todo] == ["a/2.jpg", "a/4.jpg"]
+    plan = planner.plan
     assert (plan.listed, plan.new, plan.changed, plan.unchanged) == (3, 1, 1, 1)
-    assert plan.deleted == ["s3://b/a/3.jpg"]
+    assert planner.deleted() == ["s3://b/a/3.jpg"]
 
 
 def test_known_permanent_failure_is_skipped_only_for_the_same_etag():
     failures = {"s3://b/x.jpg": "bad", "s3://b/y.jpg": "old"}
-    plan, todo = plan_ingest("s3://b/", [obj("x.jpg", "bad"), obj("y.jpg", "new")], {}, failures)
+    planner = ScopePlanner("s3://b/", {}, failures)
+    todo = list(planner.todo([obj("x.jpg", "bad"), obj("y.jpg", "new")]))
     assert [o.key for o in todo] == ["y.jpg"]
-    assert (plan.skipped, plan.new) == (1, 1)
+    assert (planner.plan.skipped, planner.plan.new) == (1, 1)
 
 
 def test_shards_partition_the_listing_and_scope_deletions():
@@ -39,8 +42,9 @@ def test_shards_partition_the_listing_and_scope_deletions():
     assert all(len(s) > 30 for s in shards)
 
     manifest = {u: "e" for u in uris}
-    plan, _ = plan_ingest("s3://b/", [], manifest, shard=(1, 3))
-    assert set(plan.deleted) == shards[1]
+    planner = ScopePlanner("s3://b/", manifest, shard=(1, 3))
+    assert list(planner.todo([])) == []
+    assert set(planner.deleted()) == shards[1]
 
 
 @pytest.mark.parametrize("text", ["1", "a/b", "2/2", "-1/3", "0/0"])
