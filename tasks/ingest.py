@@ -7,19 +7,12 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
-from prefect.tasks import Task, exponential_backoff
+from prefect.tasks import exponential_backoff
 
-from imgrag.errors import ImgragError
 from imgrag.pipeline import process_batch, runtime_for
 from imgrag.records import BatchResult, SourceObject
 from imgrag.settings import Settings
-
-
-def _retryable(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
-    """Retry a batch on unexpected (infrastructure) errors, not on run-level ImgragErrors."""
-    return not isinstance(state.data, ImgragError)
+from tasks.retry import retry_unless_run_error
 
 
 # Upserts must happen: no result cache here. The store is the checkpoint: a re-run plans
@@ -30,7 +23,7 @@ def _retryable(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_retryable,
+    retry_condition_fn=retry_unless_run_error,
     cache_policy=NO_CACHE,
     persist_result=False,
 )
