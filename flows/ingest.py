@@ -121,9 +121,10 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None) -> 
         )
         update_progress(progress, done, queued, listing_done)
 
+    listing = rt.source.list_objects()
     try:
-        for number, batch in enumerate(batched(planner.todo(rt.source.list_objects()),
-                                               settings.batch_size), start=1):
+        for number, batch in enumerate(batched(planner.todo(listing), settings.batch_size),
+                                       start=1):
             queued += len(batch)
             in_flight.append(ingest_batch.submit(plain, source, batch, run_id, number))
             if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
@@ -140,7 +141,7 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None) -> 
     plan = planner.plan
     elapsed = time.perf_counter() - started
     report = report.model_copy(update={
-        "listed": plan.listed, "ignored": rt.source.ignored, "new": plan.new,
+        "listed": plan.listed, "ignored": listing.ignored, "new": plan.new,
         "changed": plan.changed, "unchanged": plan.unchanged, "skipped": plan.skipped,
         "deleted": len(deleted), "failed": len(report.failures),
         "duration_s": round(elapsed, 3),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from imgrag.records import SourceObject
@@ -25,17 +25,31 @@ class FetchError(Exception):
         self.permanent = permanent
 
 
+class Listing:
+    """One pass over a source's image objects: iterate it once.
+
+    Its counts belong to this pass alone (two listings of one source, e.g. shard runs
+    sharing a Runtime, never mix them) and are final once the iteration has ended.
+    """
+
+    def __init__(self, walk: Callable[[Listing], Iterator[SourceObject]]) -> None:
+        self.ignored = 0  # keys skipped because they are not images
+        self._objects = walk(self)
+
+    def __iter__(self) -> Iterator[SourceObject]:
+        return self._objects
+
+
 class Source(Protocol):
     """A listable, readable set of images under one scope (bucket + prefix, or a folder)."""
 
     scope: str  # URI prefix shared by every object of this source; also the deletion scope
     bucket: str  # "" for local folders
-    ignored: int  # keys skipped by the last listing because they are not images
 
     def check(self) -> None:
         """Raise SourceError with a one-line cause when the source cannot be listed."""
 
-    def list_objects(self) -> Iterator[SourceObject]:
+    def list_objects(self) -> Listing:
         """Stream the image objects under the scope, in a stable order."""
 
     def fetch(self, obj: SourceObject) -> bytes:

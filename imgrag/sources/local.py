@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from imgrag.errors import SourceError
 from imgrag.records import SourceObject
-from imgrag.sources.base import FetchError, is_image_key
+from imgrag.sources.base import FetchError, Listing, is_image_key
 
 
 def content_etag(data: bytes) -> str:
@@ -24,9 +25,11 @@ def content_etag(data: bytes) -> str:
 
 
 class HashCache:
-    """(path, size, mtime_ns) → content ETag, persisted in SQLite."""
+    """(path, size, mtime_ns) → content ETag, persisted in SQLite; safe to share by threads
+    (concurrent listings of one source, e.g. shard runs in one process)."""
 
     def __init__(self, path: Path | None) -> None:
+        self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
@@ -34,21 +37,24 @@ class HashCache:
         )
 
     def get(self, path: str, size: int, mtime_ns: int) -> str | None:
-        row = self._db.execute(
-            "SELECT etag FROM hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
-            (path, size, mtime_ns),
-        ).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT etag FROM hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
+                (path, size, mtime_ns),
+            ).fetchone()
         return row[0] if row else None
 
     def put(self, path: str, size: int, mtime_ns: int, etag: str) -> None:
-        self._db.execute(
-            "INSERT INTO hashes VALUES (?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
-            " size = excluded.size, mtime_ns = excluded.mtime_ns, etag = excluded.etag",
-            (path, size, mtime_ns, etag),
-        )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO hashes VALUES (?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
+                " size = excluded.size, mtime_ns = excluded.mtime_ns, etag = excluded.etag",
+                (path, size, mtime_ns, etag),
+            )
 
     def commit(self) -> None:
-        self._db.commit()
+        with self._lock:
+            self._db.commit()
 
 
 class LocalSource:
@@ -59,7 +65,6 @@ class LocalSource:
     def __init__(self, root: str | Path, hash_cache_path: Path | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self.scope = self.root.as_uri() + "/"
-        self.ignored = 0
         self._hashes = HashCache(hash_cache_path)
 
     def check(self) -> None:
@@ -75,19 +80,21 @@ class LocalSource:
             return False
         return True
 
-    def list_objects(self) -> Iterator[SourceObject]:
+    def list_objects(self) -> Listing:
         """Walk the folder in sorted order; hash only files whose size or mtime changed."""
         self.check()
-        self.ignored = 0
+        return Listing(self._walk)
+
+    def _walk(self, listing: Listing) -> Iterator[SourceObject]:
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
             for name in sorted(filenames):
                 path = Path(dirpath, name)
                 if not is_image_key(name):
-                    self.ignored += 1
+                    listing.ignored += 1
                     continue
                 if path.is_symlink() and not self._inside_root(path):
-                    self.ignored += 1
+                    listing.ignored += 1
                     continue
                 try:
                     stat = path.stat()

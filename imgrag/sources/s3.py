@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from imgrag.aws import new_session
 from imgrag.errors import ConfigError, SourceError
 from imgrag.records import SourceObject
-from imgrag.sources.base import FetchError, is_image_key
+from imgrag.sources.base import FetchError, Listing, is_image_key
 
 # S3 bucket naming rules (general purpose buckets), checked before any request is made.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -75,7 +75,6 @@ class S3Source:
         self.prefix = prefix
         self.scope = f"s3://{bucket}/{prefix}"
         self.client = client if client is not None else make_s3_client()
-        self.ignored = 0
 
     def check(self) -> None:
         """One cheap ListObjectsV2 call: the bucket exists and we may list it."""
@@ -84,16 +83,18 @@ class S3Source:
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, self.bucket) from None
 
-    def list_objects(self) -> Iterator[SourceObject]:
+    def list_objects(self) -> Listing:
         """Stream image objects page by page (S3 returns keys in UTF-8 binary order)."""
-        self.ignored = 0
+        return Listing(self._pages)
+
+    def _pages(self, listing: Listing) -> Iterator[SourceObject]:
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for item in page.get("Contents", []):
                     key = item["Key"]
                     if not is_image_key(key):
-                        self.ignored += 1
+                        listing.ignored += 1
                         continue
                     yield SourceObject(
                         uri=f"s3://{self.bucket}/{key}",
