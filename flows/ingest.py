@@ -135,7 +135,11 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None) -> 
         for future in in_flight:  # a batch failed: let the others finish their upserts
             future.wait()
 
-    deleted = planner.deleted()
+    deleted = planner.deleted(listing.unreadable)
+    if listing.unreadable:
+        report.warnings.append(
+            f"{len(listing.unreadable)} paths could not be read (first:"
+            f" {listing.unreadable[0]}); records under them were kept")
     if deleted:
         delete_records(plain, source, deleted)
     plan = planner.plan
@@ -144,6 +148,7 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None) -> 
         "listed": plan.listed, "ignored": listing.ignored, "new": plan.new,
         "changed": plan.changed, "unchanged": plan.unchanged, "skipped": plan.skipped,
         "deleted": len(deleted), "failed": len(report.failures),
+        "unreadable": len(listing.unreadable),
         "duration_s": round(elapsed, 3),
         "images_per_s": round(report.embedded / elapsed, 2) if elapsed else 0.0,
         "estimated_cost_usd": round(report.image_calls * settings.price_per_image, 6),
@@ -153,6 +158,8 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None) -> 
         " embedded %d in %.1fs", report.listed, report.new, report.changed, report.deleted,
         report.unchanged, report.skipped, report.failed, report.embedded, elapsed,
     )
+    for warning in report.warnings:
+        logger.warning(warning)
     return report
 
 
@@ -210,6 +217,8 @@ def print_report(report: IngestReport, as_json: bool) -> None:
           f"Bedrock image calls {report.image_calls}, est. cost ${report.estimated_cost_usd:.4f}")
     for failure in report.failures:
         print(f"FAILED {failure.id} [{failure.stage}] {failure.reason}")
+    for warning in report.warnings:
+        print(f"WARNING {warning}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

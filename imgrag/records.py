@@ -78,7 +78,9 @@ class IngestReport(BaseModel):
     duration_s: float = 0.0
     images_per_s: float = 0.0
     estimated_cost_usd: float = 0.0
+    unreadable: int = 0  # paths the listing could not read; records under them were kept
     failures: list[Failure] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # what the run chose not to do, and why
 
 
 class Hit(BaseModel):

@@ -8,7 +8,7 @@ alone decides; nothing is downloaded to plan.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from imgrag.errors import ConfigError
 from imgrag.records import IngestPlan, SourceObject
@@ -76,7 +76,13 @@ class ScopePlanner:
                 plan.changed += 1
                 yield obj
 
-    def deleted(self) -> list[str]:
-        """Records under the scope that the listing did not contain."""
-        return sorted(self._unseen)
+    def deleted(self, unreadable: Sequence[str] = ()) -> list[str]:
+        """Records under the scope that the listing did not contain, except those the
+        listing could not see: under ``unreadable`` URIs (or URI prefixes ending in "/")."""
+        return sorted(uri for uri in self._unseen if not under_any(uri, unreadable))
+
+
+def under_any(uri: str, paths: Sequence[str]) -> bool:
+    """True when ``uri`` is one of ``paths`` or lies under one ending in "/"."""
+    return any(uri == p or (p.endswith("/") and uri.startswith(p)) for p in paths)
 

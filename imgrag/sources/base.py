@@ -34,6 +34,9 @@ class Listing:
 
     def __init__(self, walk: Callable[[Listing], Iterator[SourceObject]]) -> None:
         self.ignored = 0  # keys skipped because they are not images
+        # What this pass could not read: object URIs, and URI prefixes ending in "/" for
+        # whole folders. The objects there may still exist: their records must be kept.
+        self.unreadable: list[str] = []
         self._objects = walk(self)
 
     def __iter__(self) -> Iterator[SourceObject]:

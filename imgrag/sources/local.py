@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -86,36 +87,50 @@ class LocalSource:
         return Listing(self._walk)
 
     def _walk(self, listing: Listing) -> Iterator[SourceObject]:
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        def unreadable_folder(error: OSError) -> None:
+            folder = Path(error.filename)
+            if folder == self.root:
+                raise SourceError(f"cannot list folder {str(self.root)!r}: {error.strerror}")
+            listing.unreadable.append(folder.as_uri() + "/")
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable_folder):
             dirnames.sort()
             for name in sorted(filenames):
-                path = Path(dirpath, name)
-                if not is_image_key(name):
-                    listing.ignored += 1
-                    continue
-                if path.is_symlink() and not self._inside_root(path):
-                    listing.ignored += 1
-                    continue
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue  # vanished between walk and stat
-                etag = self._hashes.get(str(path), stat.st_size, stat.st_mtime_ns)
-                if etag is None:
-                    try:
-                        etag = content_etag(path.read_bytes())
-                    except OSError:
-                        continue
-                    self._hashes.put(str(path), stat.st_size, stat.st_mtime_ns, etag)
-                yield SourceObject(
-                    uri=path.as_uri(),
-                    bucket="",
-                    key=path.relative_to(self.root).as_posix(),
-                    etag=etag,
-                    size=stat.st_size,
-                    last_modified=datetime.fromtimestamp(stat.st_mtime, UTC),
-                )
+                obj = self._object(listing, Path(dirpath, name))
+                if obj is not None:
+                    yield obj
         self._hashes.commit()
+
+    def _object(self, listing: Listing, path: Path) -> SourceObject | None:
+        """The listed object for one file; None when it is not one (counted in ``listing``)."""
+        if not is_image_key(path.name):
+            listing.ignored += 1
+            return None
+        try:
+            if path.is_symlink() and not self._inside_root(path):
+                listing.ignored += 1
+                return None
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read forever
+                listing.ignored += 1
+                return None
+            etag = self._hashes.get(str(path), info.st_size, info.st_mtime_ns)
+            if etag is None:
+                etag = content_etag(path.read_bytes())
+                self._hashes.put(str(path), info.st_size, info.st_mtime_ns, etag)
+        except FileNotFoundError:
+            return None  # deleted while listing: its record may go
+        except OSError:
+            listing.unreadable.append(path.as_uri())  # it may exist: its record must stay
+            return None
+        return SourceObject(
+            uri=path.as_uri(),
+            bucket="",
+            key=path.relative_to(self.root).as_posix(),
+            etag=etag,
+            size=info.st_size,
+            last_modified=datetime.fromtimestamp(info.st_mtime, UTC),
+        )
 
     def fetch(self, obj: SourceObject) -> bytes:
         """Read the file; fail (transiently) if its content no longer matches the listing."""
