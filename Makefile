@@ -30,4 +30,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
 
 clean:
-	rm -rf $(VENV) .demo chroma_images_db .imgrag
+	rm -rf $(VENV) .demo  # never the store (./chroma_images_db) or the ledger (./.imgrag)

@@ -5,9 +5,11 @@ Environment is set at import time, before Prefect, boto3 or Chroma read it.
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -28,14 +30,25 @@ os.environ.update(
         "AWS_REGION": "us-east-1",
     }
 )
-for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "PREFECT_API_URL", "OPENAI_API_KEY"):
-    os.environ.pop(_var, None)
+_EMPTY = os.path.join(_SESSION_HOME, "empty")
+open(_EMPTY, "w").close()
+os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = _EMPTY  # not ~/.aws
+for _var in list(os.environ):
+    if _var.startswith(("IMGRAG_", "AWS_ENDPOINT_URL")) or _var in (
+        "AWS_PROFILE", "AWS_SESSION_TOKEN", "PREFECT_API_URL", "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+    ):
+        os.environ.pop(_var)
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 
 import boto3  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imgrag.emulators.bedrock import FakeBedrock  # noqa: E402
+from imgrag.settings import Settings  # noqa: E402
+
+Settings.model_config["env_file"] = None  # a developer's ./.env must not reach the tests
 
 COLOURS = {
     "red": (220, 20, 30),
