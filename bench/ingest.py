@@ -14,8 +14,8 @@ every object's bytes unique), then measures in this process:
   function the CLI runs), default settings unless ``--concurrency``/``--batch-size``
   (given lists, e.g. ``--concurrency 8,16,32``, only first ingests are run, one per
   combination, each into a fresh store: a sweep to choose the defaults);
-- ``rerun``: the same again with nothing changed (best of 3);
-- ``empty``: an ingest of an empty bucket with the same store (best of 3): the fixed cost
+- ``rerun``: the same again with nothing changed (best of 5);
+- ``empty``: an ingest of an empty bucket with the same store (best of 5): the fixed cost
   of a run, subtracted from ``rerun`` to get the cost per listed object;
 - ``changed``: a re-run after 1% of the objects were rewritten (new ETags).
 
@@ -65,7 +65,7 @@ BUCKET = "bench-photos"
 EMPTY_BUCKET = "bench-empty"
 PREFIX = "photos/"
 CHANGED_SHARE = 0.01
-REPEATS = 3  # cheap phases (re-runs, empty prefix): best of this many (1 with --quick)
+REPEATS = 5  # cheap phases (re-runs, empty prefix): best of this many (1 with --quick)
 PHASES = ("baseline", "first", "rerun", "changed", "memory", "prefect")
 TITAN = "amazon.titan-embed-image-v1"
 REPO = Path(__file__).resolve().parent.parent
