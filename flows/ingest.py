@@ -94,9 +94,8 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None) -> 
     run_id = flow_run.get_id() or "local"
     settings = rt.settings
     scope = rt.source.scope
-    known = {} if retry_failed else rt.ledger.known(scope)
-    planner = ScopePlanner(scope, rt.store.manifest(rt.source.bucket, scope), known,
-                           parse_shard(shard))
+    planner = ScopePlanner(scope, rt.store.manifest(rt.source.bucket, scope),
+                           rt.ledger.known(scope), parse_shard(shard), retry_failed)
     report = IngestReport(run_id=run_id, source=scope, collection=settings.collection,
                           model_id=settings.model_id, dim=settings.dim)
     plain = settings.public_dict()
@@ -140,8 +139,9 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None) -> 
         report.warnings.append(
             f"{len(listing.unreadable)} paths could not be read (first:"
             f" {listing.unreadable[0]}); records under them were kept")
-    if deleted:
-        delete_records(plain, source, deleted)
+    failures_gone = planner.failures_gone(listing.unreadable)
+    if deleted or failures_gone:
+        delete_records(plain, source, deleted, failures_gone)
     plan = planner.plan
     elapsed = time.perf_counter() - started
     report = report.model_copy(update={

@@ -33,11 +33,12 @@ class FailureLedger:
 
     def known(self, scope: str) -> dict[str, str]:
         """uri → etag of recorded failures under a URI prefix."""
-        rows = self._db.execute(
-            "SELECT uri, etag FROM failures WHERE collection = ? AND substr(uri, 1, ?) = ?",
-            (self.collection, len(scope), scope),
-        )
-        return dict(rows.fetchall())
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT uri, etag FROM failures WHERE collection = ? AND substr(uri, 1, ?) = ?",
+                (self.collection, len(scope), scope),
+            ).fetchall()
+        return dict(rows)
 
     def record(self, failures: Iterable[Failure], run_id: str) -> None:
         """Store permanent failures (transient ones are ignored: the next run retries them)."""
@@ -68,14 +69,16 @@ class FailureLedger:
 
     def entries(self, scope: str = "") -> list[Failure]:
         """The recorded failures under a URI prefix, as Failure records."""
-        rows = self._db.execute(
-            "SELECT uri, etag, stage, reason FROM failures"
-            " WHERE collection = ? AND substr(uri, 1, ?) = ? ORDER BY uri",
-            (self.collection, len(scope), scope),
-        )
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT uri, etag, stage, reason FROM failures"
+                " WHERE collection = ? AND substr(uri, 1, ?) = ? ORDER BY uri",
+                (self.collection, len(scope), scope),
+            ).fetchall()
         return [
             Failure(id=u, etag=e, stage=s, reason=r, permanent=True) for u, e, s, r in rows
         ]
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()

@@ -46,11 +46,14 @@ class ScopePlanner:
         manifest: Mapping[str, str],
         known_failures: Mapping[str, str] | None = None,
         shard: Shard | None = None,
+        retry_failed: bool = False,
     ) -> None:
         self.shard = shard
         self.plan = IngestPlan(scope=scope)
         self._unseen = {uri: etag for uri, etag in manifest.items() if in_shard(uri, shard)}
         self._known_failures = dict(known_failures or {})
+        self._unseen_failures = {uri for uri in self._known_failures if in_shard(uri, shard)}
+        self._retry_failed = retry_failed
 
     @property
     def indexed(self) -> int:
@@ -65,9 +68,10 @@ class ScopePlanner:
                 continue
             plan.listed += 1
             stored_etag = self._unseen.pop(obj.uri, None)
+            self._unseen_failures.discard(obj.uri)
             if stored_etag == obj.etag:
                 plan.unchanged += 1
-            elif self._known_failures.get(obj.uri) == obj.etag:
+            elif not self._retry_failed and self._known_failures.get(obj.uri) == obj.etag:
                 plan.skipped += 1
             elif stored_etag is None:
                 plan.new += 1
@@ -80,6 +84,11 @@ class ScopePlanner:
         """Records under the scope that the listing did not contain, except those the
         listing could not see: under ``unreadable`` URIs (or URI prefixes ending in "/")."""
         return sorted(uri for uri in self._unseen if not under_any(uri, unreadable))
+
+    def failures_gone(self, unreadable: Sequence[str] = ()) -> list[str]:
+        """Failure-ledger entries under the scope whose objects the listing did not contain
+        (the same sweep as ``deleted``, over the ledger)."""
+        return sorted(u for u in self._unseen_failures if not under_any(u, unreadable))
 
 
 def under_any(uri: str, paths: Sequence[str]) -> bool:

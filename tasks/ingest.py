@@ -44,9 +44,12 @@ def ingest_batch(
 
 
 @task(name="delete-records", cache_policy=NO_CACHE, persist_result=False, retries=2)
-def delete_records(settings: dict[str, Any], source: str, ids: list[str]) -> int:
-    """Remove records whose objects were deleted from the source (and their ledger entries)."""
+def delete_records(
+    settings: dict[str, Any], source: str, ids: list[str], failed_ids: list[str]
+) -> int:
+    """Remove records whose objects were deleted from the source, and the ledger entries of
+    those and of deleted objects that had failed (``failed_ids``)."""
     rt = runtime_for(Settings(**settings), source)
     rt.store.delete(ids)
-    rt.ledger.forget(ids)
+    rt.ledger.forget(ids + failed_ids)
     return len(ids)
