@@ -63,6 +63,7 @@ def ingest_flow(
     concurrency: int | None = None,
     retry_failed: bool = False,
     shard: str | None = None,
+    allow_mass_delete: bool = False,
 ) -> IngestReport:
     """Make ``source`` (``s3://bucket/prefix`` or a folder) searchable in a Chroma collection.
 
@@ -81,14 +82,15 @@ def ingest_flow(
     ):
         rt = hold_runtime(settings, source)
         try:
-            report = _ingest(rt, source, retry_failed, shard)
+            report = _ingest(rt, source, retry_failed, shard, allow_mass_delete)
         finally:
             close_runtime(settings, source)
     publish_ingest_report(report)
     return report
 
 
-def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None) -> IngestReport:
+def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
+            allow_mass_delete: bool) -> IngestReport:
     logger = get_run_logger()
     started = time.perf_counter()
     run_id = flow_run.get_id() or "local"
@@ -134,20 +136,22 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None) -> 
         for future in in_flight:  # a batch failed: let the others finish their upserts
             future.wait()
 
-    deleted = planner.deleted(listing.unreadable)
+    sweep = planner.sweep(listing.unreadable, settings.max_delete_fraction, allow_mass_delete)
     if listing.unreadable:
         report.warnings.append(
             f"{len(listing.unreadable)} paths could not be read (first:"
             f" {listing.unreadable[0]}); records under them were kept")
-    failures_gone = planner.failures_gone(listing.unreadable)
-    if deleted or failures_gone:
-        delete_records(plain, source, deleted, failures_gone)
+    if sweep.warning:
+        report.warnings.append(sweep.warning)
+    if sweep.deleted or sweep.failures_gone:
+        delete_records(plain, source, sweep.deleted, sweep.failures_gone)
     plan = planner.plan
     elapsed = time.perf_counter() - started
     report = report.model_copy(update={
         "listed": plan.listed, "ignored": listing.ignored, "new": plan.new,
         "changed": plan.changed, "unchanged": plan.unchanged, "skipped": plan.skipped,
-        "deleted": len(deleted), "failed": len(report.failures),
+        "deleted": len(sweep.deleted), "deletions_withheld": sweep.withheld,
+        "failed": len(report.failures),
         "unreadable": len(listing.unreadable),
         "duration_s": round(elapsed, 3),
         "images_per_s": round(report.embedded / elapsed, 2) if elapsed else 0.0,
@@ -187,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retry objects recorded as permanently failed")
     parser.add_argument("--shard", metavar="I/N",
                         help="ingest only shard I of N (stable hash of the object URI)")
+    parser.add_argument("--allow-mass-delete", action="store_true",
+                        help="delete records even when the listing is empty or more than "
+                        "IMGRAG_MAX_DELETE_FRACTION (default 0.5) of them are gone; "
+                        "otherwise such deletions are withheld with a warning")
     parser.add_argument("--json", action="store_true",
                         help="print the run report as JSON on stdout")
     return parser
@@ -228,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "chroma_path": args.chroma_path, "chroma_url": args.chroma_url, "region": args.region,
         "batch_size": args.batch_size, "concurrency": args.concurrency,
         "retry_failed": args.retry_failed, "shard": args.shard,
+        "allow_mass_delete": args.allow_mass_delete,
     }
     hide_run_error_tracebacks()
     try:
@@ -245,7 +254,8 @@ def preflight(params: dict[str, Any]) -> None:
     nothing written (no store directory, no state files)."""
     try:
         settings = Settings.from_overrides(**{k: v for k, v in params.items()
-                                              if k not in ("source", "retry_failed", "shard")})
+                                              if k not in ("source", "retry_failed", "shard",
+                                                           "allow_mass_delete")})
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"invalid {first['loc'][0]}: {first['msg']}") from None

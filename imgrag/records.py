@@ -69,6 +69,7 @@ class IngestReport(BaseModel):
     new: int = 0
     changed: int = 0
     deleted: int = 0
+    deletions_withheld: int = 0  # listing looked wrong (empty, or too much gone): see warnings
     unchanged: int = 0
     skipped: int = 0
     failed: int = 0

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     price_per_image: float = Field(0.00006, ge=0)
     price_per_1k_text_tokens: float = Field(0.0008, ge=0)
 
+    # Deletion guard: a larger share of a scope's records gone from one listing is withheld
+    max_delete_fraction: float = Field(
+        0.5, ge=0, le=1, description="Share of a scope's records (above 10) one run may"
+        " delete without --allow-mass-delete."
+    )
+
     @field_validator("chroma_url")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:

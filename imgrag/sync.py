@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from imgrag.errors import ConfigError
 from imgrag.records import IngestPlan, SourceObject
 
 Shard = tuple[int, int]  # (index, count), index in [0, count)
+MASS_DELETE_MIN_RECORDS = 10  # up to this many records, any share of them may be deleted
 
 
 def parse_shard(text: str | None) -> Shard | None:
@@ -37,6 +39,16 @@ def in_shard(uri: str, shard: Shard | None) -> bool:
     return int.from_bytes(digest, "big") % shard[1] == shard[0]
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """What a finished listing removes: records and ledger entries, or nothing and why."""
+
+    deleted: list[str] = field(default_factory=list)  # record ids
+    failures_gone: list[str] = field(default_factory=list)  # failure-ledger entries
+    withheld: int = 0  # deletions not done because the listing looks wrong
+    warning: str = ""
+
+
 class ScopePlanner:
     """Classifies a streamed listing; the to-do objects are yielded as they are found."""
 
@@ -51,6 +63,7 @@ class ScopePlanner:
         self.shard = shard
         self.plan = IngestPlan(scope=scope)
         self._unseen = {uri: etag for uri, etag in manifest.items() if in_shard(uri, shard)}
+        self._indexed = len(self._unseen)
         self._known_failures = dict(known_failures or {})
         self._unseen_failures = {uri for uri in self._known_failures if in_shard(uri, shard)}
         self._retry_failed = retry_failed
@@ -89,6 +102,35 @@ class ScopePlanner:
         """Failure-ledger entries under the scope whose objects the listing did not contain
         (the same sweep as ``deleted``, over the ledger)."""
         return sorted(u for u in self._unseen_failures if not under_any(u, unreadable))
+
+    def sweep(
+        self,
+        unreadable: Sequence[str] = (),
+        max_fraction: float = 1.0,
+        allow_mass_delete: bool = False,
+    ) -> Sweep:
+        """``deleted`` and ``failures_gone``, unless the deletions look like a wrong listing
+        (nothing listed, or more than ``max_fraction`` of the records): then none is done."""
+        deleted = self.deleted(unreadable)
+        reason = "" if allow_mass_delete else self._mass_deletion(len(deleted), max_fraction)
+        if reason:
+            return Sweep(withheld=len(deleted), warning=(
+                f"{reason}: {len(deleted)} deletions withheld (if the source really lost"
+                " them, re-run with --allow-mass-delete)"))
+        return Sweep(deleted, self.failures_gone(unreadable))
+
+    def _mass_deletion(self, count: int, max_fraction: float) -> str:
+        """Why deleting ``count`` of the scope's records looks like a listing gone wrong
+        (an unmounted folder, a mistyped prefix), or "" when it does not."""
+        scope, indexed = self.plan.scope, self._indexed
+        if count == 0:
+            return ""
+        if self.plan.listed == 0:
+            return f"the listing of {scope} found no images but {indexed} records are indexed"
+        if indexed > MASS_DELETE_MIN_RECORDS and count > max_fraction * indexed:
+            return (f"{count} of the {indexed} records under {scope} ({count / indexed:.0%})"
+                    f" are gone from the listing, above the max delete fraction {max_fraction}")
+        return ""
 
 
 def under_any(uri: str, paths: Sequence[str]) -> bool:

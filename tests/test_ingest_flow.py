@@ -98,7 +98,7 @@ def test_run_over_one_prefix_leaves_other_prefixes_alone(s3, bucket, bedrock, st
     for colour in COLOURS:
         s3.delete_object(Bucket=bucket, Key=f"a/{colour}.jpg")
 
-    report = ingest_flow(source=f"s3://{bucket}/a/")
+    report = ingest_flow(source=f"s3://{bucket}/a/", allow_mass_delete=True)  # all of a/ gone
 
     assert report.deleted == 4
     assert sorted(stored(store_env)) == sorted(f"s3://{bucket}/b/{c}.jpg" for c in COLOURS)
