@@ -112,6 +112,7 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         report.embedded += result.upserted
         report.image_calls += result.image_calls
         report.bytes_downloaded += result.bytes_downloaded
+        report.stale_removed += result.stale_removed
         report.failures += result.failures
         done = report.embedded + len(report.failures)
         elapsed = time.perf_counter() - started
@@ -143,14 +144,15 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
             f" {listing.unreadable[0]}); records under them were kept")
     if sweep.warning:
         report.warnings.append(sweep.warning)
-    if sweep.deleted or sweep.failures_gone:
-        delete_records(plain, source, sweep.deleted, sweep.failures_gone)
+    if sweep.deleted or sweep.stale or sweep.failures_gone:
+        delete_records(plain, source, sweep.deleted + sweep.stale, sweep.failures_gone)
     plan = planner.plan
     elapsed = time.perf_counter() - started
     report = report.model_copy(update={
         "listed": plan.listed, "ignored": listing.ignored, "new": plan.new,
         "changed": plan.changed, "unchanged": plan.unchanged, "skipped": plan.skipped,
         "deleted": len(sweep.deleted), "deletions_withheld": sweep.withheld,
+        "stale_removed": report.stale_removed + len(sweep.stale),
         "failed": len(report.failures),
         "unreadable": len(listing.unreadable),
         "duration_s": round(elapsed, 3),

@@ -213,11 +213,23 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
     if ids:
         rt.store.upsert(ids, vectors, metadatas)
         rt.ledger.forget(ids)
-    rt.ledger.record(failures, run_id)
+    stale = remove_stale_records(rt, failures)
+    rt.ledger.record(failures, run_id)  # after: a crash in between leaves no stale record
     return BatchResult(
         upserted=len(ids),
+        stale_removed=len(stale),
         failures=failures,
         image_calls=sum(u.images_sent for u in done),
         bytes_downloaded=sum(u.bytes_downloaded for u in done),
         seconds=time.perf_counter() - started,
     )
+
+
+def remove_stale_records(rt: Runtime, failures: Sequence[Failure]) -> list[str]:
+    """Delete the records of objects that now fail permanently: a changed object whose new
+    bytes cannot be indexed must not keep serving the old bytes' vector."""
+    permanent = [f.id for f in failures if f.permanent]
+    stale = list(rt.store.get(permanent)) if permanent else []
+    if stale:
+        rt.store.delete(stale)
+    return stale

@@ -39,6 +39,7 @@ class BatchResult(BaseModel):
     """What one batch did: counts for the report, never image bytes."""
 
     upserted: int = 0
+    stale_removed: int = 0  # records of changed objects that now fail permanently
     failures: list[Failure] = Field(default_factory=list)
     image_calls: int = 0
     bytes_downloaded: int = 0
@@ -70,6 +71,7 @@ class IngestReport(BaseModel):
     changed: int = 0
     deleted: int = 0
     deletions_withheld: int = 0  # listing looked wrong (empty, or too much gone): see warnings
+    stale_removed: int = 0  # records of changed objects whose new bytes fail permanently
     unchanged: int = 0
     skipped: int = 0
     failed: int = 0

@@ -44,6 +44,7 @@ class Sweep:
     """What a finished listing removes: records and ledger entries, or nothing and why."""
 
     deleted: list[str] = field(default_factory=list)  # record ids
+    stale: list[str] = field(default_factory=list)  # records of objects now known to fail
     failures_gone: list[str] = field(default_factory=list)  # failure-ledger entries
     withheld: int = 0  # deletions not done because the listing looks wrong
     warning: str = ""
@@ -67,6 +68,7 @@ class ScopePlanner:
         self._known_failures = dict(known_failures or {})
         self._unseen_failures = {uri for uri in self._known_failures if in_shard(uri, shard)}
         self._retry_failed = retry_failed
+        self._stale: list[str] = []
 
     @property
     def indexed(self) -> int:
@@ -86,6 +88,8 @@ class ScopePlanner:
                 plan.unchanged += 1
             elif not self._retry_failed and self._known_failures.get(obj.uri) == obj.etag:
                 plan.skipped += 1
+                if stored_etag is not None:  # a record of older bytes: stale
+                    self._stale.append(obj.uri)
             elif stored_etag is None:
                 plan.new += 1
                 yield obj
@@ -110,14 +114,15 @@ class ScopePlanner:
         allow_mass_delete: bool = False,
     ) -> Sweep:
         """``deleted`` and ``failures_gone``, unless the deletions look like a wrong listing
-        (nothing listed, or more than ``max_fraction`` of the records): then none is done."""
+        (nothing listed, or more than ``max_fraction`` of the records): then none is done.
+        Records of listed objects skipped as known failures are stale and always go."""
         deleted = self.deleted(unreadable)
         reason = "" if allow_mass_delete else self._mass_deletion(len(deleted), max_fraction)
         if reason:
-            return Sweep(withheld=len(deleted), warning=(
+            return Sweep(stale=self._stale, withheld=len(deleted), warning=(
                 f"{reason}: {len(deleted)} deletions withheld (if the source really lost"
                 " them, re-run with --allow-mass-delete)"))
-        return Sweep(deleted, self.failures_gone(unreadable))
+        return Sweep(deleted, self._stale, self.failures_gone(unreadable))
 
     def _mass_deletion(self, count: int, max_fraction: float) -> str:
         """Why deleting ``count`` of the scope's records looks like a listing gone wrong

@@ -47,9 +47,8 @@ def ingest_batch(
 def delete_records(
     settings: dict[str, Any], source: str, ids: list[str], failed_ids: list[str]
 ) -> int:
-    """Remove records whose objects were deleted from the source, and the ledger entries of
-    those and of deleted objects that had failed (``failed_ids``)."""
+    """Remove records (``ids``) and failure-ledger entries (``failed_ids``) by URI."""
     rt = runtime_for(Settings(**settings), source)
     rt.store.delete(ids)
-    rt.ledger.forget(ids + failed_ids)
+    rt.ledger.forget(failed_ids)
     return len(ids)
