@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,13 @@ class SourceObject(BaseModel):
     etag: str
     size: int
     last_modified: datetime | None = None
+
+
+class Indexed(NamedTuple):
+    """What the store holds for one record, as change detection needs it."""
+
+    etag: str
+    normalize_version: int  # 0 when the record does not say
 
 
 class Failure(BaseModel):

@@ -14,7 +14,7 @@ import chromadb
 from chromadb.config import Settings as ChromaSettings
 
 from imgrag.errors import StoreError
-from imgrag.records import Hit
+from imgrag.records import Hit, Indexed
 from imgrag.settings import Settings
 
 SCHEMA_VERSION = 1
@@ -129,10 +129,11 @@ class ImageStore:
                 return
             offset += len(ids)
 
-    def manifest(self, bucket: str, scope: str) -> dict[str, str]:
-        """id → ETag of every record whose id starts with ``scope`` (a URI prefix)."""
+    def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
+        """id → (ETag, normalize version) of every record whose id starts with ``scope``
+        (a URI prefix)."""
         return {
-            record_id: str(meta.get("etag", ""))
+            record_id: Indexed(str(meta.get("etag", "")), int(meta.get("normalize_version", 0)))
             for record_id, meta in self.iter_metadata({"bucket": bucket})
             if record_id.startswith(scope)
         }

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from imgrag.errors import ConfigError
-from imgrag.records import IngestPlan, SourceObject
+from imgrag.normalize import NORMALIZE_VERSION
+from imgrag.records import Indexed, IngestPlan, SourceObject
 
 Shard = tuple[int, int]  # (index, count), index in [0, count)
 MASS_DELETE_MIN_RECORDS = 10  # up to this many records, any share of them may be deleted
@@ -51,19 +52,25 @@ class Sweep:
 
 
 class ScopePlanner:
-    """Classifies a streamed listing; the to-do objects are yielded as they are found."""
+    """Classifies a streamed listing; the to-do objects are yielded as they are found.
+
+    A record whose ETag matches but whose image was normalized by an older
+    ``normalize_version`` is stale (its vector would differ today): it counts as changed.
+    """
 
     def __init__(
         self,
         scope: str,
-        manifest: Mapping[str, str],
+        manifest: Mapping[str, Indexed],
         known_failures: Mapping[str, str] | None = None,
         shard: Shard | None = None,
         retry_failed: bool = False,
+        normalize_version: int = NORMALIZE_VERSION,
     ) -> None:
         self.shard = shard
         self.plan = IngestPlan(scope=scope)
-        self._unseen = {uri: etag for uri, etag in manifest.items() if in_shard(uri, shard)}
+        self._unseen = {uri: rec for uri, rec in manifest.items() if in_shard(uri, shard)}
+        self._normalize_version = normalize_version
         self._indexed = len(self._unseen)
         self._known_failures = dict(known_failures or {})
         self._unseen_failures = {uri for uri in self._known_failures if in_shard(uri, shard)}
@@ -82,15 +89,16 @@ class ScopePlanner:
             if not in_shard(obj.uri, self.shard):
                 continue
             plan.listed += 1
-            stored_etag = self._unseen.pop(obj.uri, None)
+            stored = self._unseen.pop(obj.uri, None)
             self._unseen_failures.discard(obj.uri)
-            if stored_etag == obj.etag:
+            if (stored is not None and stored.etag == obj.etag
+                    and stored.normalize_version >= self._normalize_version):
                 plan.unchanged += 1
             elif not self._retry_failed and self._known_failures.get(obj.uri) == obj.etag:
                 plan.skipped += 1
-                if stored_etag is not None:  # a record of older bytes: stale
+                if stored is not None:  # a record of older bytes: stale
                     self._stale.append(obj.uri)
-            elif stored_etag is None:
+            elif stored is None:
                 plan.new += 1
                 yield obj
             else:

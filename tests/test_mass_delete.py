@@ -10,7 +10,8 @@ import pytest
 
 from flows.ingest import ingest_flow
 from flows.ingest import main as ingest_main
-from imgrag.records import SourceObject
+from imgrag.normalize import NORMALIZE_VERSION
+from imgrag.records import Indexed, SourceObject
 from imgrag.sync import MASS_DELETE_MIN_RECORDS, ScopePlanner
 from tests.conftest import COLOURS, image_bytes
 
@@ -18,7 +19,7 @@ from tests.conftest import COLOURS, image_bytes
 def planner_after_listing(indexed: int, listed: int) -> ScopePlanner:
     """A planner over ``indexed`` records of which the first ``listed`` were listed again."""
     uris = [f"s3://b/{i:03d}.jpg" for i in range(indexed)]
-    planner = ScopePlanner("s3://b/", {u: "e" for u in uris})
+    planner = ScopePlanner("s3://b/", {u: Indexed("e", NORMALIZE_VERSION) for u in uris})
     objects = [SourceObject(uri=u, bucket="b", key=u[7:], etag="e", size=1) for u in uris]
     assert list(planner.todo(objects[:listed])) == []
     return planner

@@ -1,11 +1,13 @@
-"""A changed object whose new bytes fail permanently stops serving its old vector."""
+"""Stale vectors: a changed object whose new bytes fail permanently stops serving its old
+vector; a record normalized by an older ``normalize_version`` is embedded again."""
 
 from __future__ import annotations
 
 import pytest
 
 from flows.ingest import ingest_flow
-from imgrag.records import SourceObject
+from imgrag.normalize import NORMALIZE_VERSION
+from imgrag.records import Indexed, SourceObject
 from imgrag.settings import Settings
 from imgrag.store import ImageStore
 from imgrag.sync import ScopePlanner
@@ -49,12 +51,33 @@ def test_changed_object_with_a_transient_failure_keeps_its_record(s3, bucket, be
     assert stored_etags(bucket) == before  # retried next run; meanwhile the old one serves
 
 
+def test_record_from_an_older_normalize_version_is_embedded_again(s3, bucket, bedrock,
+                                                                  store_env):
+    for name in ("red", "blue"):
+        s3.put_object(Bucket=bucket, Key=f"{name}.jpg", Body=image_bytes(COLOURS[name]))
+    ingest_flow(source=f"s3://{bucket}/")
+    store = ImageStore.open(Settings(), create=False)
+    red = f"s3://{bucket}/red.jpg"
+    store.collection.update(ids=[red], metadatas=[{"normalize_version": 0}])
+    meta = store.get([red])[red]
+    assert (meta["normalize_version"], meta["etag"]) == (
+        0, s3.head_object(Bucket=bucket, Key="red.jpg")["ETag"])  # only the version is old
+    bedrock.reset_stats()
+
+    report = ingest_flow(source=f"s3://{bucket}/")
+
+    assert (report.changed, report.unchanged, report.embedded) == (1, 1, 1)
+    assert bedrock.stats.image_calls == 1
+    assert store.get([red])[red]["normalize_version"] == NORMALIZE_VERSION
+
+
 def test_planner_sweeps_a_stale_record_of_a_known_failure():
     """A record left from older bytes beside a ledger entry for the listed bytes (e.g. from
     before this fix) goes, even when the listing's deletions are withheld."""
     uri = "s3://b/x.jpg"
-    others = {f"s3://b/{i}.jpg": "e" for i in range(11)}  # all gone from the listing
-    planner = ScopePlanner("s3://b/", {uri: "A", **others}, {uri: "B"})
+    others = {f"s3://b/{i}.jpg": Indexed("e", NORMALIZE_VERSION) for i in range(11)}  # gone
+    manifest = {uri: Indexed("A", NORMALIZE_VERSION), **others}
+    planner = ScopePlanner("s3://b/", manifest, {uri: "B"})
     listed = SourceObject(uri=uri, bucket="b", key="x.jpg", etag="B", size=1)
     assert list(planner.todo([listed])) == []
 

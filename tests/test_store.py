@@ -47,18 +47,6 @@ def test_open_without_create_reports_missing_collection(settings):
         ImageStore.open(settings, create=False)
 
 
-def test_manifest_is_scoped_by_bucket_and_uri_prefix_across_pages(settings, monkeypatch):
-    monkeypatch.setattr("imgrag.store._MANIFEST_PAGE", 7)
-    store = ImageStore.open(settings)
-    ids = [f"s3://b/a/{i}.jpg" for i in range(20)] + ["s3://b/ab.jpg", "s3://c/a/1.jpg"]
-    store.upsert(ids, [unit(i) + [0.0] * 248 for i in range(len(ids))],
-                 [meta(i.split("/")[2], f"e{n}") for n, i in enumerate(ids)])
-
-    manifest = store.manifest("b", "s3://b/a/")
-
-    assert manifest == {f"s3://b/a/{i}.jpg": f"e{i}" for i in range(20)}
-
-
 def test_upsert_is_idempotent_and_query_orders_by_distance(settings):
     store = ImageStore.open(settings)
     vectors = [unit(0, 256), unit(1, 256), [0.7] + [0.7] + [0.0] * 254]

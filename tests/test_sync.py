@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from imgrag.errors import ConfigError
-from imgrag.records import SourceObject
+from imgrag.normalize import NORMALIZE_VERSION
+from imgrag.records import Indexed, SourceObject
 from imgrag.sync import ScopePlanner, in_shard, parse_shard
 
 
@@ -13,8 +14,13 @@ def obj(key: str, etag: str) -> SourceObject:
     return SourceObject(uri=f"s3://b/{key}", bucket="b", key=key, etag=etag, size=1)
 
 
+def current(etag: str) -> Indexed:
+    """A record embedded from ``etag`` by today's normalization."""
+    return Indexed(etag, NORMALIZE_VERSION)
+
+
 def test_plan_classifies_new_changed_unchanged_and_deleted():
-    manifest = {"s3://b/a/1.jpg": "e1", "s3://b/a/2.jpg": "e2", "s3://b/a/3.jpg": "e3"}
+    manifest = {f"s3://b/a/{i}.jpg": current(f"e{i}") for i in (1, 2, 3)}
     listing = [obj("a/1.jpg", "e1"), obj("a/2.jpg", "CHANGED"), obj("a/4.jpg", "e4")]
 
     planner = ScopePlanner("s3://b/a/", manifest)
@@ -41,10 +47,21 @@ def test_shards_partition_the_listing_and_scope_deletions():
     assert sum(len(s) for s in shards) == len(uris)
     assert all(len(s) > 30 for s in shards)
 
-    manifest = {u: "e" for u in uris}
+    manifest = {u: current("e") for u in uris}
     planner = ScopePlanner("s3://b/", manifest, shard=(1, 3))
     assert list(planner.todo([])) == []
     assert set(planner.deleted()) == shards[1]
+
+
+def test_record_from_an_older_normalize_version_is_changed_not_unchanged():
+    manifest = {"s3://b/old.jpg": Indexed("e", NORMALIZE_VERSION - 1),
+                "s3://b/unknown.jpg": Indexed("e", 0), "s3://b/now.jpg": current("e")}
+    planner = ScopePlanner("s3://b/", manifest)
+
+    todo = list(planner.todo([obj("now.jpg", "e"), obj("old.jpg", "e"), obj("unknown.jpg", "e")]))
+
+    assert [o.key for o in todo] == ["old.jpg", "unknown.jpg"]
+    assert (planner.plan.changed, planner.plan.unchanged, planner.plan.new) == (2, 1, 0)
 
 
 @pytest.mark.parametrize("text", ["1", "a/b", "2/2", "-1/3", "0/0"])

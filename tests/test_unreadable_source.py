@@ -23,7 +23,8 @@ import pytest
 
 from flows.ingest import ingest_flow
 from imgrag.errors import SourceError
-from imgrag.records import SourceObject
+from imgrag.normalize import NORMALIZE_VERSION
+from imgrag.records import Indexed, SourceObject
 from imgrag.sources import LocalSource
 from imgrag.sync import ScopePlanner
 from tests.conftest import COLOURS, image_bytes
@@ -109,8 +110,8 @@ def test_a_root_folder_that_cannot_be_listed_is_a_source_error(tmp_path, monkeyp
 
 
 def test_planner_keeps_records_under_unreadable_folders_and_files():
-    manifest = {f"file:///r/{k}": "e" for k in ("a.png", "locked/b.png", "locked2.png",
-                                                 "secret.png", "gone.png")}
+    keys = ("a.png", "locked/b.png", "locked2.png", "secret.png", "gone.png")
+    manifest = {f"file:///r/{k}": Indexed("e", NORMALIZE_VERSION) for k in keys}
     planner = ScopePlanner("file:///r/", manifest)
     listed = SourceObject(uri="file:///r/a.png", bucket="", key="a.png", etag="e", size=1)
     list(planner.todo([listed]))
