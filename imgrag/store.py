@@ -17,7 +17,7 @@ from imgrag.errors import StoreError
 from imgrag.records import Hit, Indexed
 from imgrag.settings import Settings
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every record of the collection carries ``dirs`` (imgrag.filters)
 _MANIFEST_PAGE = 5000
 
 
@@ -131,12 +131,31 @@ class ImageStore:
 
     def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
         """id → (ETag, normalize version) of every record whose id starts with ``scope``
-        (a URI prefix)."""
+        (a URI prefix).
+
+        Chroma reads only the bucket's records under the scope's folder (``dirs`` contains
+        it) when it can; the id prefix test is the exact check either way.
+        """
+        where: dict[str, Any] = {"bucket": bucket}
+        folder = self._scope_folder(bucket, scope)
+        if folder:
+            where = {"$and": [where, {"dirs": {"$contains": folder}}]}
         return {
             record_id: Indexed(str(meta.get("etag", "")), int(meta.get("normalize_version", 0)))
-            for record_id, meta in self.iter_metadata({"bucket": bucket})
+            for record_id, meta in self.iter_metadata(where)
             if record_id.startswith(scope)
         }
+
+    def _scope_folder(self, bucket: str, scope: str) -> str:
+        """The folder (up to the last "/") of an S3 scope's prefix, when ``dirs`` can find
+        its records: "" for a whole bucket, a local folder (keys are relative to the folder
+        listed, not to one root) or a collection older than ``dirs`` (schema 1)."""
+        head = f"s3://{bucket}/"
+        schema = (self.collection.metadata or {}).get("imgrag_schema", 1)
+        if not bucket or not scope.startswith(head) or schema < 2:
+            return ""
+        prefix = scope[len(head) :]
+        return prefix[: prefix.rfind("/") + 1]
 
     def upsert(
         self,

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from imgrag.filters import key_dirs
 from imgrag.records import Indexed
 from imgrag.settings import Settings
 from imgrag.store import ImageStore
 
 
 @pytest.fixture
-def store(tmp_path) -> ImageStore:
-    return ImageStore.open(Settings(chroma_path=tmp_path / "db", dim=256))
+def settings(tmp_path) -> Settings:
+    return Settings(chroma_path=tmp_path / "db", dim=256)
+
+
+@pytest.fixture
+def store(settings) -> ImageStore:
+    return ImageStore.open(settings)
+
+
+def s3_meta(uri: str, etag: str, **extra: Any) -> dict[str, Any]:
+    """Metadata as ingest writes it: bucket, key, etag and the ``dirs`` of the key."""
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    dirs = {"dirs": key_dirs(key)} if "/" in key else {}
+    return {"bucket": bucket, "key": key, "etag": etag, "normalize_version": 1, **dirs, **extra}
 
 
 def vector(i: int) -> list[float]:
@@ -26,8 +41,7 @@ def add(store: ImageStore, metas: dict[str, dict]) -> None:
 def test_manifest_is_scoped_by_bucket_and_uri_prefix_across_pages(store, monkeypatch):
     monkeypatch.setattr("imgrag.store._MANIFEST_PAGE", 7)
     ids = [f"s3://b/a/{i}.jpg" for i in range(20)] + ["s3://b/ab.jpg", "s3://c/a/1.jpg"]
-    add(store, {uri: {"bucket": uri.split("/")[2], "etag": f"e{n}", "normalize_version": 1}
-                for n, uri in enumerate(ids)})
+    add(store, {uri: s3_meta(uri, f"e{n}") for n, uri in enumerate(ids)})
 
     manifest = store.manifest("b", "s3://b/a/")
 
@@ -40,3 +54,62 @@ def test_manifest_reads_each_records_normalize_version_missing_as_0(store):
 
     assert store.manifest("b", "s3://b/") == {
         "s3://b/new.jpg": Indexed("x", 3), "s3://b/old.jpg": Indexed("y", 0)}
+
+
+KEYS = ["a/1.jpg", "a/red.jpg", "a/x/deep.jpg", "ab/1.jpg", "b/a/1.jpg", "top.jpg",
+        *(f"c/{i}.jpg" for i in range(40))]
+
+
+class CountingCollection:
+    """The Chroma collection, counting the records its ``get`` calls return."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+        self.returned = 0
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        page = self._collection.get(*args, **kwargs)
+        self.returned += len(page["ids"])
+        return page
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [
+    ("a/", ["a/1.jpg", "a/red.jpg", "a/x/deep.jpg"]),
+    ("a/x/", ["a/x/deep.jpg"]),
+    ("a/re", ["a/red.jpg"]),  # ends inside a name: its folder, then the exact id test
+    ("", KEYS),
+])
+def test_manifest_reads_only_the_scope_folders_records(store, prefix, expected):
+    add(store, {f"s3://b/{key}": s3_meta(f"s3://b/{key}", "e") for key in KEYS})
+    add(store, {f"s3://other/{key}": s3_meta(f"s3://other/{key}", "e") for key in KEYS})
+    counting = CountingCollection(store.collection)
+    store.collection = counting
+
+    manifest = store.manifest("b", f"s3://b/{prefix}")
+
+    assert sorted(manifest) == sorted(f"s3://b/{key}" for key in expected)
+    folder_records = sum(key.startswith(prefix[: prefix.rfind("/") + 1]) for key in KEYS)
+    assert counting.returned == folder_records  # not the bucket's, nor the collection's
+
+
+def test_collection_older_than_dirs_is_read_whole_and_stays_exact(settings):
+    """Schema 1 records may lack ``dirs``: a filter on it would miss them (and they could
+    then never be swept), so the bucket is read and filtered by id."""
+    client = ImageStore.open(settings).client
+    client.delete_collection(settings.collection)
+    client.create_collection(settings.collection, embedding_function=None, metadata={
+        "model_id": settings.model_id, "dim": settings.dim, "imgrag_schema": 1})
+    store = ImageStore.open(settings)
+    add(store, {"s3://b/a/1.jpg": {"bucket": "b", "etag": "old"},
+                "s3://b/a/2.jpg": s3_meta("s3://b/a/2.jpg", "new"),
+                "s3://b/b/3.jpg": {"bucket": "b", "etag": "x"}})
+
+    assert store.manifest("b", "s3://b/a/") == {
+        "s3://b/a/1.jpg": Indexed("old", 0), "s3://b/a/2.jpg": Indexed("new", 1)}
+
+
+def test_new_collections_declare_the_dirs_schema(store):
+    assert store.collection.metadata["imgrag_schema"] >= 2
