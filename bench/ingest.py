@@ -371,7 +371,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if wanted & {"first", "rerun", "changed"}:
             phases["first"] = bench.measure("first", bench.flow_run(BUCKET, PREFIX))
             results["first_report"] = bench.last_report.model_dump(
-                mode="json", include={"listed", "new", "embedded", "failed", "image_calls"})
+                mode="json", include={"listed", "new", "embedded", "failed", "billed_images"})
         if "rerun" in wanted:
             phases["empty"] = bench.best_of("empty", empty_run)
             phases["rerun"] = bench.best_of("rerun", bench.flow_run(BUCKET, PREFIX))

@@ -110,7 +110,7 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     def collect(future: PrefectFuture[BatchResult], listing_done: bool) -> None:
         result = future.result()
         report.embedded += result.upserted
-        report.image_calls += result.image_calls
+        report.billed_images += result.billed_images
         report.bytes_downloaded += result.bytes_downloaded
         report.stale_removed += result.stale_removed
         report.failures += result.failures
@@ -157,7 +157,7 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         "unreadable": len(listing.unreadable),
         "duration_s": round(elapsed, 3),
         "images_per_s": round(report.embedded / elapsed, 2) if elapsed else 0.0,
-        "estimated_cost_usd": round(report.image_calls * settings.price_per_image, 6),
+        "estimated_cost_usd": round(report.billed_images * settings.price_per_image, 6),
     })
     logger.info(
         "done: listed %d, new %d, changed %d, deleted %d, unchanged %d, skipped %d, failed %d,"
@@ -224,7 +224,8 @@ def print_report(report: IngestReport, as_json: bool) -> None:
                  "embedded", "ignored"):
         print(f"{name:<11} {getattr(report, name)}")
     print(f"duration    {report.duration_s:.1f}s ({report.images_per_s:.1f} images/s), "
-          f"Bedrock image calls {report.image_calls}, est. cost ${report.estimated_cost_usd:.4f}")
+          f"Bedrock images billed {report.billed_images},"
+          f" est. cost ${report.estimated_cost_usd:.4f}")
     for failure in report.failures:
         print(f"FAILED {failure.id} [{failure.stage}] {failure.reason}")
     for warning in report.warnings:

@@ -141,7 +141,7 @@ class _Unit:
     metadatas: list[dict[str, Any]] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     bytes_downloaded: int = 0
-    images_sent: int = 0
+    billed_images: int = 0
 
 
 def _prepare(rt: Runtime, obj: SourceObject) -> tuple[NormalizedImage | None, Failure | None, int]:
@@ -176,9 +176,9 @@ def _run_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
             ready.append(obj)
             unit.images.append(image)
     if ready:
-        unit.images_sent = len(ready)
         try:
             unit.vectors = rt.embedder.embed_images([img.data for img in unit.images])
+            unit.billed_images = len(unit.vectors)  # failed calls are not billed
         except EmbedFailed as exc:
             unit.failures += [
                 Failure(id=o.uri, etag=o.etag, stage="embed", reason=exc.reason,
@@ -219,7 +219,7 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
         upserted=len(ids),
         stale_removed=len(stale),
         failures=failures,
-        image_calls=sum(u.images_sent for u in done),
+        billed_images=sum(u.billed_images for u in done),
         bytes_downloaded=sum(u.bytes_downloaded for u in done),
         seconds=time.perf_counter() - started,
     )

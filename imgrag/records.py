@@ -48,7 +48,7 @@ class BatchResult(BaseModel):
     upserted: int = 0
     stale_removed: int = 0  # records of changed objects that now fail permanently
     failures: list[Failure] = Field(default_factory=list)
-    image_calls: int = 0
+    billed_images: int = 0  # images embedded by calls that succeeded (what Bedrock bills)
     bytes_downloaded: int = 0
     seconds: float = 0.0
 
@@ -83,7 +83,7 @@ class IngestReport(BaseModel):
     skipped: int = 0
     failed: int = 0
     embedded: int = 0
-    image_calls: int = 0
+    billed_images: int = 0  # images in successful model calls: the cost estimate's basis
     bytes_downloaded: int = 0
     duration_s: float = 0.0
     images_per_s: float = 0.0

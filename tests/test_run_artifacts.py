@@ -58,8 +58,8 @@ def test_ingest_run_publishes_summary_failures_and_progress(
 
     [summary] = artifacts("ingest-summary-artifacts-ingest", report.run_id)
     metrics = {row["metric"]: row["value"] for row in table(summary)}
-    assert {k: metrics[k] for k in ("listed", "new", "embedded", "failed", "image_calls")} == {
-        "listed": 7, "new": 7, "embedded": 4, "failed": 3, "image_calls": 4}
+    assert {k: metrics[k] for k in ("listed", "new", "embedded", "failed", "billed_images")} == {
+        "listed": 7, "new": 7, "embedded": 4, "failed": 3, "billed_images": 4}
     assert metrics["duration_s"] > 0 and metrics["images_per_s"] > 0
     assert metrics["estimated_cost_usd"] == pytest.approx(4 * 0.00006)
 
