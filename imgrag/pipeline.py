@@ -177,8 +177,12 @@ def _run_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
             unit.images.append(image)
     if ready:
         try:
-            unit.vectors = rt.embedder.embed_images([img.data for img in unit.images])
-            unit.billed_images = len(unit.vectors)  # failed calls are not billed
+            vectors = rt.embedder.embed_images([img.data for img in unit.images])
+            unit.billed_images = len(vectors)  # failed calls are not billed
+            if len(vectors) != len(ready):  # ids and vectors would be misaligned
+                raise EmbedFailed(f"model returned {len(vectors)} vectors for {len(ready)}"
+                                  " images", permanent=False)
+            unit.vectors = vectors
         except EmbedFailed as exc:
             unit.failures += [
                 Failure(id=o.uri, etag=o.etag, stage="embed", reason=exc.reason,
