@@ -21,8 +21,10 @@ from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
+from prefect.settings import PREFECT_API_URL
 from prefect.utilities.templating import apply_values
 
+from flows.cli import print_error
 from flows.ingest import ingest_flow
 from flows.query import query_flow
 from imgrag.errors import ConfigError
@@ -43,7 +45,10 @@ def to_deployment(flow: Flow[..., Any], spec: dict[str, Any],
     schedules = [Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
                  for s in spec.get("schedules") or []]
     if cron:
-        schedules = [Cron(cron, timezone="UTC")]
+        try:
+            schedules = [Cron(cron, timezone="UTC")]
+        except ValueError as exc:
+            raise ConfigError(f"--cron: {str(exc).splitlines()[0]}") from None
     limit = spec.get("concurrency_limit")
     return flow.to_deployment(
         name=spec["name"],
@@ -69,6 +74,14 @@ def build_deployments(source: str | None = None, collection: str | None = None,
     ]
 
 
+def check_api_url() -> None:
+    """ConfigError unless PREFECT_API_URL is set: without it, ``serve`` would start a
+    temporary Prefect server, and the schedule and runs would vanish with this process."""
+    if not PREFECT_API_URL.value():
+        raise ConfigError("PREFECT_API_URL is not set: point it at a running Prefect server "
+                          "(prefect server start) or Prefect Cloud")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python deployments/serve.py",
@@ -86,9 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         deployments = build_deployments(args.source, args.collection, args.cron)
+        check_api_url()
     except ConfigError as exc:
-        print(f"imgrag: error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(exc)
     serve(*deployments, limit=args.limit)
     return 0
 

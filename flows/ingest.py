@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from collections import deque
@@ -14,11 +13,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
-from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import ValidationError
 
+from flows.cli import (
+    add_store_arguments,
+    hide_run_error_tracebacks,
+    print_error,
+    settings_from_cli,
+)
 from imgrag.embedders import check_embedder
 from imgrag.errors import ConfigError, ImgragError
 from imgrag.lock import check_unlocked, writer_lock
@@ -33,6 +36,7 @@ from tasks.ingest import delete_records, ingest_batch
 from tasks.report import publish_ingest_report, start_progress, update_progress
 
 MAX_BATCHES_IN_FLIGHT = 2  # one embedding while the next downloads/normalizes
+MAX_PRINTED_FAILURES = 20  # the text report's failure lines; --json has them all
 
 
 def batched(objects: Iterable[SourceObject], size: int) -> Iterator[list[SourceObject]]:
@@ -202,19 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by the ingest and query CLIs."""
-    parser.add_argument("--chroma-path", help="embedded Chroma directory "
-                        "(IMGRAG_CHROMA_PATH, default ./chroma_images_db)")
-    parser.add_argument("--chroma-url", help="Chroma server URL, e.g. http://localhost:8000 "
-                        "(IMGRAG_CHROMA_URL)")
-    parser.add_argument("--collection", help="collection name (IMGRAG_COLLECTION, "
-                        "default images)")
-    parser.add_argument("--dim", type=int, choices=(256, 384, 1024),
-                        help="embedding length (IMGRAG_DIM, default 1024)")
-    parser.add_argument("--region", help="AWS region for Bedrock and S3 (default: boto3's)")
-
-
 def print_report(report: IngestReport, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.model_dump(mode="json"), indent=2))
@@ -226,8 +217,10 @@ def print_report(report: IngestReport, as_json: bool) -> None:
     print(f"duration    {report.duration_s:.1f}s ({report.images_per_s:.1f} images/s), "
           f"Bedrock images billed {report.billed_images},"
           f" est. cost ${report.estimated_cost_usd:.4f}")
-    for failure in report.failures:
+    for failure in report.failures[:MAX_PRINTED_FAILURES]:
         print(f"FAILED {failure.id} [{failure.stage}] {failure.reason}")
+    if len(report.failures) > MAX_PRINTED_FAILURES:
+        print(f"... and {len(report.failures) - MAX_PRINTED_FAILURES} more (see --json)")
     for warning in report.warnings:
         print(f"WARNING {warning}")
 
@@ -246,8 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preflight(params)
         report = ingest_flow(**params)
     except ImgragError as exc:
-        print(f"imgrag: error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(exc)
     print_report(report, args.json)
     return 0
 
@@ -255,13 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def preflight(params: dict[str, Any]) -> None:
     """Reject what would stop the run before starting Prefect: fast one-line errors, and
     nothing written (no store directory, no state files)."""
-    try:
-        settings = Settings.from_overrides(**{k: v for k, v in params.items()
-                                              if k not in ("source", "retry_failed", "shard",
-                                                           "allow_mass_delete")})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"invalid {first['loc'][0]}: {first['msg']}") from None
+    settings = settings_from_cli(**{k: v for k, v in params.items()
+                                    if k not in ("source", "retry_failed", "shard",
+                                                 "allow_mass_delete")})
     parse_shard(params["shard"])
     check_source(params["source"], settings)
     if settings.chroma_url:
@@ -269,24 +257,6 @@ def preflight(params: dict[str, Any]) -> None:
     else:
         check_unlocked(settings.chroma_path)
     check_embedder(settings)
-
-
-class _RunErrorTracebackFilter(logging.Filter):
-    """Drop console records carrying an ImgragError: the CLI prints it as one line (the
-    Prefect API still receives the full record)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], ImgragError))
-
-
-_RUN_ERROR_FILTER = _RunErrorTracebackFilter()
-
-
-def hide_run_error_tracebacks() -> None:
-    """Keep Prefect's console handler from printing tracebacks of run-level errors."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler):
-            handler.addFilter(_RUN_ERROR_FILTER)
 
 
 if __name__ == "__main__":

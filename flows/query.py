@@ -9,11 +9,16 @@ import json
 import sys
 from collections.abc import Sequence
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from pydantic import ValidationError
 
-from flows.ingest import add_store_arguments
+from flows.cli import (
+    add_store_arguments,
+    config_error,
+    hide_run_error_tracebacks,
+    print_error,
+    settings_from_cli,
+)
 from imgrag.errors import ConfigError, ImgragError
 from imgrag.filters import QueryFilters, parse_date
 from imgrag.gallery import (
@@ -23,13 +28,7 @@ from imgrag.gallery import (
     write_contact_sheet,
     write_html,
 )
-from imgrag.query import (
-    LazyEmbedder,
-    SearchRequest,
-    check_image_ref,
-    parse_where,
-    run_search,
-)
+from imgrag.query import SearchRequest, check_image_ref, parse_where
 from imgrag.records import Hit
 from imgrag.settings import Settings
 from imgrag.store import ImageStore
@@ -41,17 +40,8 @@ from imgrag.summarize import (
     summarize_hits,
 )
 from imgrag.thumbnails import ThumbnailLoader
+from tasks.query import search_task
 from tasks.report import publish_query_hits
-
-
-@task(name="search-images", retries=1, cache_policy=NO_CACHE, persist_result=False)
-def search_task(settings: dict, request: SearchRequest) -> tuple[list[Hit], int]:
-    """Embed the query (text, cached; or an example image) and search the collection.
-
-    Returns the hits and the Bedrock text tokens billed (0 when the text was cached)."""
-    s = Settings(**settings)
-    embedder = LazyEmbedder(s)  # a cached text builds no Bedrock client
-    return run_search(s, request, embedder=embedder), embedder.text_tokens
 
 
 @flow(name="query-images", validate_parameters=True)
@@ -72,11 +62,14 @@ def query_flow(
     """The ``k`` indexed images closest to ``text`` or to the example ``image`` (a path or
     s3:// URI), within the metadata ``where``/``filters``, none farther than ``max_distance``.
     """
-    settings = Settings.from_overrides(collection=collection, dim=dim, chroma_path=chroma_path,
-                                       chroma_url=chroma_url, region=region)
-    request = SearchRequest(text=text, image=image, k=k, where=where,
-                            filters=filters or QueryFilters(), exclude_self=exclude_self,
-                            max_distance=max_distance)
+    settings = settings_from_cli(collection=collection, dim=dim, chroma_path=chroma_path,
+                                 chroma_url=chroma_url, region=region)
+    try:
+        request = SearchRequest(text=text, image=image, k=k, where=where,
+                                filters=filters or QueryFilters(), exclude_self=exclude_self,
+                                max_distance=max_distance)
+    except ValidationError as exc:  # deployment parameters: a one-line error, no traceback
+        raise config_error(exc) from None
     hits, text_tokens = search_task(settings.public_dict(), request)
     publish_query_hits(request.label, settings.public_dict(), hits, text_tokens)
     return hits
@@ -147,10 +140,7 @@ def build_request(args: argparse.Namespace) -> SearchRequest:
             filters=filters, exclude_self=args.exclude_self, max_distance=args.max_distance,
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"invalid {field}: {message}" if field else message) from None
+        raise config_error(exc) from None
     if request.image is not None:
         check_image_ref(request.image)  # before Prefect starts: a quick one-line error
     return request
@@ -204,42 +194,37 @@ def write_outputs(args: argparse.Namespace, request: SearchRequest, settings: Se
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    hide_run_error_tracebacks()
     try:
         request = build_request(args)
-        try:
-            settings = Settings.from_overrides(
-                collection=args.collection, dim=args.dim, chroma_path=args.chroma_path,
-                chroma_url=args.chroma_url, region=args.region)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ConfigError(f"invalid {first['loc'][0]}: {first['msg']}") from None
+        settings = settings_from_cli(collection=args.collection, dim=args.dim,
+                                     chroma_path=args.chroma_path, chroma_url=args.chroma_url,
+                                     region=args.region)
         ImageStore.open(settings, create=False)
         hits = query_flow(request.text, request.k, request.where, args.collection, args.dim,
                           args.chroma_path, args.chroma_url, args.region, request.image,
                           request.exclude_self, request.filters, request.max_distance)
     except ImgragError as exc:
-        print(f"imgrag: error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(exc)
     loader = ThumbnailLoader(settings)
-    summary, summary_error = None, None
+    summary: Summary | None = None
+    summary_error: SummaryError | None = None
     if args.summarize:
         try:
             summary = summarize_hits(request.text or "images similar to an example image",
                                      hits, settings, n_images=args.summary_images,
                                      model=args.openai_model, loader=loader)
         except SummaryError as exc:
-            summary_error = str(exc)
-        print_answer(hits, summary, summary_error, args.json)
+            summary_error = exc
+        print_answer(hits, summary, str(summary_error) if summary_error else None, args.json)
     else:
         print_hits(hits, args.json)
     try:
         write_outputs(args, request, settings, hits, summary, loader)
     except ImgragError as exc:
-        print(f"imgrag: error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(exc)
     if summary_error:
-        print(f"imgrag: error: {summary_error}", file=sys.stderr)
-        return 2
+        return print_error(summary_error)
     return 0
 
 

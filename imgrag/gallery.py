@@ -1,10 +1,12 @@
-"""Hits → something to look at: a self-contained HTML page, or one PNG contact sheet.
+"""Hits → something to look at: a self-contained HTML page, one PNG contact sheet, or a
+markdown table (a run artifact in Prefect's UI).
 
 The HTML page embeds every thumbnail as a ``data:`` URI and carries a Content-Security-Policy
 that allows nothing else (no scripts, no remote loads); every text taken from the store
 (keys, URIs) is HTML-escaped. The contact sheet is a grid of thumbnails with a caption
 under each (rank, distance, name, size) — the look of the original notebook's
-``show_hit_images``.
+``show_hit_images``. In markdown, text from the store or the query is escaped (and put in
+code spans) so it cannot add links, images or HTML.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,6 +126,45 @@ def write_html(path: str | Path, page: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
+
+
+# -- markdown (run artifacts) ----------------------------------------------------------
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~#])")
+
+
+def markdown_text(text: str) -> str:
+    """``text`` as one line of literal markdown: punctuation escaped, HTML as entities."""
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+    return html.escape(escaped, quote=False)
+
+
+def _code(text: str) -> str:
+    """``text`` as an inline code span that survives a table cell (pipes, backticks)."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    one_line = " ".join(text.split()).replace("|", "\\|")  # GFM splits cells even in code
+    return f"{fence} {one_line} {fence}"
+
+
+def render_markdown(
+    hits: Sequence[Hit], thumbs: Sequence[Thumbnail], title: str, *, subtitle: str = ""
+) -> str:
+    """The hits as a markdown table under a heading, with ``data:`` thumbnails for the first
+    ``len(thumbs)`` hits (the others are listed without a picture)."""
+    lines = [f"### {markdown_text(title)}", ""]
+    if subtitle:
+        lines += [markdown_text(subtitle), ""]
+    lines += ["| rank | distance | image | source | size |", "|---|---|---|---|---|"]
+    for i, hit in enumerate(hits):
+        picture = ""
+        if i < len(thumbs):
+            thumb = thumbs[i]
+            picture = (f"![thumbnail]({thumb.data_url})" if thumb.data_url else
+                       f"(no preview: {markdown_text(thumb.error or 'unavailable')})")
+        size = markdown_text(str(hit.metadata.get("size", "")))
+        lines.append(f"| {hit.rank} | {hit.distance:.4f} | {picture} | {_code(hit.id)} |"
+                     f" {size} |")
+    return "\n".join(lines)
 
 
 # -- contact sheet ---------------------------------------------------------------------

@@ -24,12 +24,13 @@ from imgrag.pipeline import normalize_for_model
 from imgrag.records import Hit
 from imgrag.settings import Settings
 from imgrag.sources.s3 import make_s3_client, parse_s3_uri
-from imgrag.store import ImageStore
+from imgrag.store import ImageStore, check_where, chroma_errors
 from imgrag.text_cache import TEXT_CACHE_NAME, TextEmbeddingCache
 
 
 def parse_where(text: str | None) -> dict[str, Any] | None:
-    """A Chroma metadata filter given as JSON on the command line."""
+    """A Chroma metadata filter given as JSON on the command line; ConfigError when it is
+    not JSON or not a filter Chroma accepts."""
     if not text:
         return None
     try:
@@ -38,6 +39,7 @@ def parse_where(text: str | None) -> dict[str, Any] | None:
         raise ConfigError(f"--where is not valid JSON: {exc.msg}") from None
     if not isinstance(where, dict):
         raise ConfigError("--where must be a JSON object, e.g. '{\"bucket\": \"photos\"}'")
+    check_where(where)
     return where
 
 
@@ -188,11 +190,14 @@ def resolve_where(store: ImageStore, request: SearchRequest) -> dict[str, Any] |
     """
     filters = request.filters
     where = combine_where(request.where, *filters.conditions())
+    if where:
+        check_where(where)  # a one-line ConfigError, not Chroma's ValueError
     if not filters.needs_key_scan:
         return where
     prefix = filters.prefix or ""
-    ids = [rid for rid, meta in store.iter_metadata(where)
-           if str(meta.get("key", "")).startswith(prefix)]
+    with chroma_errors(f"read the records under prefix {prefix!r}"):
+        ids = [rid for rid, meta in store.iter_metadata(where)
+               if str(meta.get("key", "")).startswith(prefix)]
     if not ids:
         return {}
     return combine_where(where, {"source_uri": {"$in": ids}})

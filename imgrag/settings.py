@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         " delete without --allow-mass-delete."
     )
 
+    # Query
+    artifact_thumbnails: bool = Field(
+        True, description="Inline thumbnails of the first hits in a query run's artifact"
+        " (each original is fetched once, then served from the thumbnail cache)."
+    )
+
     @field_validator("chroma_url")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:

@@ -7,13 +7,15 @@ dimension it was created with; opening it for another vector space is an error.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
 import chromadb
+from chromadb.api.types import validate_where
 from chromadb.config import Settings as ChromaSettings
 
-from imgrag.errors import StoreError
+from imgrag.errors import ConfigError, ImgragError, StoreError
 from imgrag.records import Hit, Indexed
 from imgrag.settings import Settings
 
@@ -49,6 +51,26 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def check_where(where: Mapping[str, Any]) -> None:
+    """ConfigError when Chroma would refuse ``where`` as a metadata filter."""
+    try:
+        validate_where(dict(where))
+    except ValueError as exc:
+        raise ConfigError(f"invalid where filter: {_one_line(exc)}") from None
+
+
+@contextmanager
+def chroma_errors(action: str) -> Iterator[None]:
+    """Turn a failure of the Chroma client or server (connection refused, an error
+    response) into a one-line StoreError naming ``action``."""
+    try:
+        yield
+    except ImgragError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"cannot {action}: {_one_line(exc)}") from None
+
+
 class ImageStore:
     """One Chroma collection of image vectors (cosine space) with imgrag's metadata."""
 
@@ -61,7 +83,12 @@ class ImageStore:
     def open(
         cls, settings: Settings, *, create: bool = True, client: Any = None
     ) -> ImageStore:
-        """Open (or create) ``settings.collection``; StoreError on a vector-space mismatch."""
+        """Open (or create) ``settings.collection``; StoreError on a vector-space mismatch.
+
+        Without ``create``, a missing embedded store is an error and nothing is written."""
+        embedded = client is None and not settings.chroma_url
+        if embedded and not create and not (settings.chroma_path / "chroma.sqlite3").is_file():
+            raise StoreError(f"no store at {settings.chroma_path} (run an ingest first)")
         client = client or make_chroma_client(settings)
         name = settings.collection
         try:
@@ -181,12 +208,14 @@ class ImageStore:
         """id → metadata for the ids that exist."""
         if not ids:
             return {}
-        page = self.collection.get(ids=list(ids), include=["metadatas"])
+        with chroma_errors(f"read records of collection {self.collection.name!r}"):
+            page = self.collection.get(ids=list(ids), include=["metadatas"])
         return dict(zip(page["ids"], page["metadatas"], strict=True))
 
     def get_embedding(self, record_id: str) -> list[float] | None:
         """The stored vector of one record, or None."""
-        page = self.collection.get(ids=[record_id], include=["embeddings"])
+        with chroma_errors(f"read a record of collection {self.collection.name!r}"):
+            page = self.collection.get(ids=[record_id], include=["embeddings"])
         if not page["ids"]:
             return None
         return [float(x) for x in page["embeddings"][0]]
@@ -195,12 +224,13 @@ class ImageStore:
         self, embedding: Sequence[float], k: int = 8, where: Mapping[str, Any] | None = None
     ) -> list[Hit]:
         """The ``k`` nearest records by cosine distance."""
-        result = self.collection.query(
-            query_embeddings=[list(embedding)],
-            n_results=k,
-            where=dict(where) if where else None,
-            include=["metadatas", "distances"],
-        )
+        with chroma_errors(f"query collection {self.collection.name!r}"):
+            result = self.collection.query(
+                query_embeddings=[list(embedding)],
+                n_results=k,
+                where=dict(where) if where else None,
+                include=["metadatas", "distances"],
+            )
         return [
             Hit(rank=rank, id=record_id, distance=float(distance), metadata=dict(meta or {}))
             for rank, (record_id, distance, meta) in enumerate(

@@ -12,7 +12,6 @@ Configuration is the openai client's own: ``OPENAI_API_KEY``, ``OPENAI_BASE_URL`
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -78,21 +77,15 @@ class Summary(BaseModel):
         return "\n".join(lines)
 
 
-def image_data_url(jpeg: bytes) -> str:
-    """``data:image/jpeg;base64,…`` of JPEG bytes."""
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-
-
-def build_messages(query: str, images: Sequence[tuple[str, bytes]]) -> list[dict[str, Any]]:
-    """Chat messages: the instructions, then the query and each (label, JPEG) image."""
+def build_messages(query: str, images: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Chat messages: the instructions, then the query and each (label, JPEG data URL)."""
     content: list[dict[str, Any]] = [
         {"type": "text", "text": f"Search query: {query}\n"
                                  f"{len(images)} images follow, most relevant first."}
     ]
-    for label, jpeg in images:
+    for label, url in images:
         content.append({"type": "text", "text": label})
-        content.append({"type": "image_url",
-                        "image_url": {"url": image_data_url(jpeg), "detail": "low"}})
+        content.append({"type": "image_url", "image_url": {"url": url, "detail": "low"}})
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
 
 
@@ -152,11 +145,12 @@ def summarize_images(
     client: Any = None,
 ) -> Summary:
     """Ask ``model`` about the hits whose thumbnails loaded; labels follow rank order."""
-    shown = [(hit, thumb.data) for hit, thumb in zip(hits, thumbs, strict=True) if thumb.data]
+    shown = [(hit, thumb.data_url) for hit, thumb in zip(hits, thumbs, strict=True)
+             if thumb.data_url]
     if not shown:
         raise SummaryError("no hit image could be loaded to summarize")
     sources = [SummarySource(label=f"S{i}", id=hit.id) for i, (hit, _) in enumerate(shown, 1)]
-    images = [(s.label, data) for s, (_, data) in zip(sources, shown, strict=True)]
+    images = [(s.label, url) for s, (_, url) in zip(sources, shown, strict=True)]
     client = client or make_openai_client()
     import openai  # present: the client above is one
 

@@ -9,6 +9,11 @@ Where a thumbnail comes from, first match wins:
    against its indexed content hash, so a thumbnail always shows the bytes that were
    embedded. The result is downscaled with ingest's decoder and written to the cache.
 
+Thumbnails are cached at ``THUMBNAIL_SIDE`` (galleries, contact sheets, run artifacts)
+and at any larger side asked for (summaries); a smaller side is scaled from the cached
+``THUMBNAIL_SIDE`` one. A run artifact, a gallery and a contact sheet of the same hits
+thus fetch each original once, ever; originals are never kept in memory.
+
 Thumbnails are made when a hit is first shown rather than at ingest: a gallery shows a
 few hits out of the whole collection, so ingest would pay decode time and disk for
 images nobody looks at, and a query host using a Chroma server may not be the ingest host.
@@ -39,7 +44,7 @@ from imgrag.settings import Settings
 from imgrag.sources import FetchError, LocalSource, S3Source
 from imgrag.sources.s3 import make_s3_client
 
-THUMBNAIL_SIDE = 256
+THUMBNAIL_SIDE = 256  # px: the size cached for every shown hit
 THUMBNAIL_DIR = "thumbnails"
 _MAX_THUMBNAIL_BYTES = 5 * 1024 * 1024
 _MAX_WORKERS = 8
@@ -94,7 +99,6 @@ class ThumbnailLoader:
         self.cache_dir = cache_dir or settings.resolved_state_dir / THUMBNAIL_DIR
         self._s3_client = s3_client
         self._lock = threading.Lock()
-        self._originals: dict[str, bytes] = {}  # source bytes fetched by this loader
 
     def load(self, hits: Sequence[Hit], side: int = THUMBNAIL_SIDE) -> list[Thumbnail]:
         """One thumbnail per hit, in order, fetched concurrently."""
@@ -106,6 +110,11 @@ class ThumbnailLoader:
 
     def load_one(self, hit: Hit, side: int = THUMBNAIL_SIDE) -> Thumbnail:
         """The thumbnail of one hit; never raises for a missing or broken image."""
+        if side < THUMBNAIL_SIDE:  # scaled from the cached size: no fetch of its own
+            base = self.load_one(hit, THUMBNAIL_SIDE)
+            if base.data is None:
+                return base
+            return self._shrink(hit.id, base.data, side, base.origin)
         local = self.local_paths.get(hit.id)
         if local is not None:
             try:
@@ -124,12 +133,17 @@ class ThumbnailLoader:
             except OSError:
                 pass  # a damaged cache file is rebuilt from the source
         try:
-            original = self._original(hit)
+            original = self._fetch(hit)
         except FetchError as exc:
             return Thumbnail(id=hit.id, error=exc.reason)
         thumb = self._shrink(hit.id, original, side, "source")
         if thumb.data is not None and etag:
             self._write_cache(cached, thumb.data)
+            if side > THUMBNAIL_SIDE:  # a summary's image: keep the gallery size too
+                small = self._shrink(hit.id, thumb.data, THUMBNAIL_SIDE, "source")
+                if small.data is not None:
+                    self._write_cache(self.cache_dir / cache_name(hit.id, etag, THUMBNAIL_SIDE),
+                                      small.data)
         return thumb
 
     def _shrink(self, uri: str, data: bytes, side: int, origin: str) -> Thumbnail:
@@ -141,16 +155,6 @@ class ThumbnailLoader:
             return Thumbnail(id=uri, error=exc.reason)
         return Thumbnail(id=uri, data=image.data, width=image.width, height=image.height,
                          origin=origin)
-
-    def _original(self, hit: Hit) -> bytes:
-        """The source bytes of a hit, fetched at most once per loader."""
-        with self._lock:
-            data = self._originals.get(hit.id)
-        if data is None:
-            data = self._fetch(hit)
-            with self._lock:
-                self._originals[hit.id] = data
-        return data
 
     def _fetch(self, hit: Hit) -> bytes:
         meta = hit.metadata

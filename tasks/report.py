@@ -1,12 +1,12 @@
-"""Prefect artifacts of a run: counts, failures, progress, query hits."""
+"""Prefect artifacts of a run: counts, failures, progress, query hits (publishing only:
+the hits' markdown is rendered by imgrag.gallery)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from uuid import UUID
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -15,13 +15,14 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from imgrag.gallery import markdown_text, render_markdown
 from imgrag.records import Hit, IngestReport
 from imgrag.settings import Settings
-from imgrag.thumbnails import Thumbnail, ThumbnailLoader
+from imgrag.thumbnails import ThumbnailLoader
 
 MAX_FAILURE_ROWS = 200
-THUMBNAIL_SIDE = 96  # px: ~3 KB of base64 per hit in the artifact
-MAX_THUMBNAILS = 24  # hits beyond this are listed without a picture
+ARTIFACT_IMAGE_SIDE = 96  # px, scaled from the cached thumbnail: ~3 KB of base64 per hit
+MAX_ARTIFACT_THUMBNAILS = 24  # hits beyond this are listed without a picture
 
 
 def _key(prefix: str, collection: str) -> str:
@@ -46,7 +47,23 @@ def update_progress(artifact_id: UUID, done: int, total: int, listing_done: bool
 
 @task(name="publish-ingest-report", cache_policy=NO_CACHE, persist_result=False)
 def publish_ingest_report(report: IngestReport) -> None:
-    """Table artifacts: the run's counts and cost, and its failures (capped)."""
+    """Table artifacts: the run's counts and cost, and its failures (capped).
+
+    A failure to publish is a warning: the run's records are stored already, and the
+    report still reaches the caller."""
+    try:
+        _create_ingest_tables(report)
+    except Exception as exc:  # the Prefect API refused or is unreachable
+        _not_published("ingest report artifacts", exc)
+
+
+def _not_published(what: str, exc: Exception) -> None:
+    """A failed artifact upload, as one warning line: the run's results do not need it."""
+    get_run_logger().warning("%s not published: %s: %s", what, type(exc).__name__,
+                             " ".join(str(exc).split())[:300])
+
+
+def _create_ingest_tables(report: IngestReport) -> None:
     counts = report.model_dump(exclude={"failures", "run_id"})
     create_table_artifact(
         [{"metric": k, "value": v} for k, v in counts.items()],
@@ -69,44 +86,25 @@ def publish_ingest_report(report: IngestReport) -> None:
 def publish_query_hits(
     label: str, settings: dict[str, Any], hits: list[Hit], text_tokens: int = 0
 ) -> None:
-    """A markdown artifact of a query's hits with thumbnails, and its estimated cost.
+    """A markdown artifact of a query's hits and its estimated cost, with thumbnails of the
+    first hits unless ``IMGRAG_ARTIFACT_THUMBNAILS`` is off; a failed upload is a warning.
 
-    Thumbnails are small JPEGs fetched from the source (at the indexed ETag) and inlined as
-    ``data:`` URIs: the artifact lives in the Prefect database, with no file server to
-    link to. Prefect's UI renders ``data:image/`` sources in markdown artifacts.
+    Thumbnails come through the thumbnail cache (an original is fetched once, for this and
+    any later gallery of the hit) and are inlined as ``data:`` URIs: the artifact lives in
+    the Prefect database, with no file server to link to. Prefect's UI renders
+    ``data:image/`` sources in markdown artifacts.
     """
     s = Settings(**settings)
-    thumbs = ThumbnailLoader(s).load(hits[:MAX_THUMBNAILS], side=THUMBNAIL_SIDE)
+    shown = hits[:MAX_ARTIFACT_THUMBNAILS] if s.artifact_thumbnails else []
+    thumbs = ThumbnailLoader(s).load(shown, side=ARTIFACT_IMAGE_SIDE)
     cost = text_tokens * s.price_per_1k_text_tokens / 1000
-    lines = [
-        f"### Query: {' '.join(label.split())}",
-        "",
-        f"Collection `{s.collection}`, {len(hits)} hits; Bedrock text tokens {text_tokens},"
-        f" estimated cost ${cost:.6f}.",
-        "",
-        "| rank | distance | image | source | size |",
-        "|---|---|---|---|---|",
-    ]
-    for i, hit in enumerate(hits):
-        picture = _thumbnail_cell(thumbs[i]) if i < len(thumbs) else ""
-        lines.append(f"| {hit.rank} | {hit.distance:.4f} | {picture} | {_code(hit.id)} |"
-                     f" {hit.metadata.get('size', '')} |")
-    create_markdown_artifact("\n".join(lines), key=_key("query-hits", s.collection),
-                             description=f"Hits of: {label[:200]}")
-
-
-def _thumbnail_cell(thumb: Thumbnail) -> str:
-    if thumb.data_url is None:
-        return f"(no preview: {_cell_text(thumb.error or 'unavailable')})"
-    return f"![thumbnail]({thumb.data_url})"
-
-
-def _code(text: str) -> str:
-    """``text`` as an inline code span that survives a table cell (pipes, backticks)."""
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    return f"{fence} {_cell_text(text)} {fence}"
-
-
-def _cell_text(text: str) -> str:
-    """One line, with pipes escaped: GFM splits table cells on ``|`` even inside code."""
-    return " ".join(text.split()).replace("|", "\\|")
+    markdown = render_markdown(
+        hits, thumbs, f"Query: {label}",
+        subtitle=f"Collection {s.collection}, {len(hits)} hits; Bedrock text tokens "
+        f"{text_tokens}, estimated cost ${cost:.6f}.",
+    )
+    try:
+        create_markdown_artifact(markdown, key=_key("query-hits", s.collection),
+                                 description=f"Hits of: {markdown_text(label[:200])}")
+    except Exception as exc:  # the Prefect API refused or is unreachable
+        _not_published("query hits artifact", exc)

@@ -150,6 +150,24 @@ def s3_requests(s3_server: str) -> Iterator[S3RequestLog]:
     logger.setLevel(previous)
 
 
+@pytest.fixture
+def console_capfd(capfd: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
+    """``capfd`` that also sees Prefect's console log lines, as a user's terminal does.
+
+    Prefect's console handler keeps the stream pytest had installed when Prefect set up
+    logging; here its rich console writes to whatever ``sys.stderr`` is at each line."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    consoles = [h.console for h in logging.getLogger().handlers
+                if isinstance(h, PrefectConsoleHandler)]
+    saved = [(c.file, c.stderr) for c in consoles]
+    for console in consoles:
+        console.file, console.stderr = None, True  # type: ignore[assignment]
+    yield capfd
+    for console, (file, stderr) in zip(consoles, saved, strict=True):
+        console.file, console.stderr = file, stderr
+
+
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory: pytest.TempPathFactory):
     """A small catalog indexed through the real pipeline, once per test module."""

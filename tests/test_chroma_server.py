@@ -22,6 +22,8 @@ from flows.ingest import ingest_flow
 from flows.query import query_flow
 from imgrag.emulators.chroma_server import ChromaServer
 from imgrag.errors import StoreError, StoreLockedError
+from imgrag.filters import QueryFilters
+from imgrag.query import SearchRequest, resolve_where
 from imgrag.records import IngestReport
 from imgrag.settings import Settings
 from imgrag.store import ImageStore
@@ -134,6 +136,29 @@ def test_auth_token_is_sent_as_bearer_header_on_every_request(
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_a_server_lost_after_the_store_is_opened_is_a_one_line_store_error(server_env):
+    # One connection per request (HTTP/1.0): once the proxy stops, connections are refused.
+    handler = type("Proxy", (_TokenCheckingProxy,), {
+        "protocol_version": "HTTP/1.0", "upstream": (server_env.host, server_env.port),
+        "token": "t", "seen": []})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    settings = Settings(chroma_url=f"http://127.0.0.1:{proxy.server_address[1]}",
+                        chroma_auth_token="t")
+    store = ImageStore.open(settings)
+    proxy.shutdown()
+    proxy.server_close()
+
+    name = settings.collection
+    with pytest.raises(StoreError, match=rf"^cannot query collection '{name}': .*refused"):
+        store.query([1.0] + [0.0] * (settings.dim - 1), k=1)
+    with pytest.raises(StoreError, match=rf"^cannot read a record of collection '{name}': "):
+        store.get_embedding("s3://b/k.jpg")
+    request = SearchRequest(text="red", filters=QueryFilters(prefix="catalog/re"))
+    with pytest.raises(StoreError, match=r"^cannot read the records under prefix 'catalog/re'"):
+        resolve_where(store, request)
 
 
 def run_shards(source: str, collection: str, count: int) -> list[IngestReport]:

@@ -12,6 +12,7 @@ import pytest
 
 from flows import ingest as ingest_cli
 from flows import query as query_cli
+from imgrag.records import Failure, IngestReport
 from tests.conftest import COLOURS, image_bytes
 
 
@@ -87,9 +88,13 @@ def test_ingest_of_a_missing_bucket_exits_2_with_one_line(s3_server, store_env, 
     assert not store_env.exists()
 
 
-def test_query_of_a_store_that_was_never_ingested_exits_2(store_env, capsys):
+def test_query_of_a_store_that_was_never_ingested_exits_2_and_creates_nothing(
+    store_env, capsys
+):
     assert query_cli.main(["red"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == f"imgrag: error: no store at {store_env} (run an ingest first)\n"
+    assert not store_env.exists()  # a mistyped --chroma-path leaves no empty store behind
 
 
 @pytest.mark.parametrize("cli", [ingest_cli, query_cli])
@@ -119,3 +124,40 @@ def test_bad_input_is_a_one_line_error(argv, message, capsys):
 def test_query_rejects_a_where_that_is_not_json(capsys):
     assert query_cli.main(["red", "--where", "{bucket: x}"]) == 2
     assert "--where is not valid JSON" in capsys.readouterr().err
+
+
+def test_text_report_lists_the_first_20_failures_then_points_to_json(capsys):
+    failures = [Failure(id=f"s3://b/bad-{i}.jpg", stage="normalize", reason="not an image",
+                        permanent=True) for i in range(23)]
+    report = IngestReport(run_id="r", source="s3://b/", collection="images",
+                          model_id="m", dim=1024, failed=23, failures=failures)
+
+    ingest_cli.print_report(report, as_json=False)
+
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("FAILED ")] == [
+        f"FAILED s3://b/bad-{i}.jpg [normalize] not an image" for i in range(20)]
+    assert lines[-1] == "... and 3 more (see --json)"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_ingest_whose_report_artifacts_cannot_be_published_still_reports_and_exits_0(
+    tmp_path, bedrock, store_env, monkeypatch, console_capfd
+):
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Prefect API answered 503\nService Unavailable")
+
+    monkeypatch.setattr("tasks.report.create_table_artifact", refuse)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "red.jpg").write_bytes(image_bytes(COLOURS["red"]))
+
+    code = ingest_cli.main(["--source", str(folder), "--json"])
+
+    out, err = console_capfd.readouterr()
+    assert code == 0
+    assert json.loads(out)["embedded"] == 1
+    assert "Traceback" not in err
+    [warning] = err.splitlines()
+    assert warning.endswith("ingest report artifacts not published: RuntimeError: Prefect API"
+                            " answered 503 Service Unavailable")

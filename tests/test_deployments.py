@@ -193,3 +193,27 @@ def test_ingest_run_without_a_source_fails_instead_of_indexing_the_working_direc
     # What a deployment made without IMGRAG_SOURCE set runs with: source "".
     with pytest.raises(ConfigError, match="no source given"):
         ingest_flow(source="")
+
+
+@pytest.fixture
+def no_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving would block this test: fail it instead if serve.py gets that far."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve() was called")
+
+    monkeypatch.setattr("deployments.serve.serve", refuse)
+
+
+def test_serve_refuses_to_start_without_a_prefect_api_url(no_serving, monkeypatch, capsys):
+    # Without it, serve() would run against a temporary server: schedules vanish on exit.
+    monkeypatch.setenv("IMGRAG_SOURCE", SOURCE)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgrag: error: PREFECT_API_URL is not set") and err.count("\n") == 1
+
+
+def test_serve_rejects_an_invalid_cron_with_one_line(no_serving, capsys):
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert main(["--source", SOURCE, "--cron", "61 * * * *"]) == 2
+    assert capsys.readouterr().err == 'imgrag: error: --cron: Invalid cron string: "61 * * * *"\n'

@@ -8,7 +8,7 @@ import re
 
 from PIL import Image
 
-from imgrag.gallery import contact_sheet, render_html
+from imgrag.gallery import contact_sheet, markdown_text, render_html, render_markdown
 from imgrag.query import SearchRequest, run_search
 from imgrag.records import Hit
 from imgrag.settings import Settings
@@ -154,3 +154,42 @@ def test_contact_sheet_draws_a_placeholder_for_a_missing_image():
     sheet = contact_sheet([hit], [Thumbnail(id=hit.id, error="deleted")], "q")
     assert sheet.width == 12 + THUMBNAIL_SIDE + 12
     assert sheet.getpixel((12 + 5, 40 + 5)) == (232, 232, 232)  # the grey tile
+
+
+def test_every_thumbnail_size_of_a_hit_costs_one_fetch_of_its_original(
+    s3, bucket, bedrock, tmp_path, s3_requests
+):
+    for name in ("red", "blue"):
+        s3.put_object(Bucket=bucket, Key=f"shop/{name}.jpg",
+                      Body=image_bytes(COLOURS[name], size=(800, 600)))
+    settings = Settings(chroma_path=tmp_path / "store")
+    index_source(settings, f"s3://{bucket}/shop/")
+    hits = run_search(settings, SearchRequest(text="red", k=2))
+    fetched = s3_requests.object_gets(bucket)
+
+    large = ThumbnailLoader(settings).load(hits, side=512)  # a summary's images
+    assert s3_requests.object_gets(bucket) == fetched + 2
+    gallery = ThumbnailLoader(settings).load(hits)
+    artifact = ThumbnailLoader(settings).load(hits, side=96)
+
+    assert s3_requests.object_gets(bucket) == fetched + 2  # nothing fetched again
+    assert [max(t.width, t.height) for t in large] == [512, 512]
+    assert [(max(t.width, t.height), t.origin) for t in gallery] == [(THUMBNAIL_SIDE, "cache")] * 2
+    assert [max(t.width, t.height) for t in artifact] == [96, 96]
+    assert close_to(centre_colour(artifact[0].data), COLOURS["red"])
+
+
+def test_markdown_of_hits_escapes_the_query_and_store_text():
+    hit = Hit(rank=1, id="s3://b/x|`y`.jpg", distance=0.25, metadata={"size": "<b>9</b>"})
+    query = "red **shirt** [click](http://evil.example) <img src=x onerror=alert(1)> | # _x_\nline"
+    thumbs = [Thumbnail(id=hit.id, data=image_bytes(COLOURS["red"]), width=64, height=48)]
+
+    markdown = render_markdown([hit], thumbs, f"Query: {query}", subtitle="k=1 <i>")
+
+    heading, _, subtitle, _, _, _, row = markdown.splitlines()
+    assert heading == (r"### Query: red \*\*shirt\*\* \[click\](http://evil.example) "
+                       r"&lt;img src=x onerror=alert(1)&gt; \| \# \_x\_ line")
+    assert subtitle == "k=1 &lt;i&gt;"
+    assert row.startswith("| 1 | 0.2500 | ![thumbnail](data:image/jpeg;base64,")
+    assert row.endswith(r"| `` s3://b/x\|`y`.jpg `` | &lt;b&gt;9&lt;/b&gt; |")
+    assert markdown_text("a\\b") == "a\\\\b"

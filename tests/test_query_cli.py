@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flows.query import main
+from flows.query import main, query_flow
+from imgrag.errors import ConfigError
 from imgrag.thumbnails import THUMBNAIL_SIDE
 from tests.retrieval import CATALOG, Catalog
 
@@ -90,6 +91,41 @@ def test_bad_flags_are_one_line_errors(catalog, capsys, argv, message):
     code, out, err = run(catalog, capsys, *argv)
     assert code == 2 and out == ""
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--image", "NOT_AN_IMAGE"], "the query image is not usable"),
+    (["red", "--where", '{"a": 1, "b": 2}'], "invalid where filter: Expected where to have"),
+    (["red", "--where", '{"bucket": {"$bad": 1}}'], "invalid where filter"),
+    (["a query Bedrock refuses"], "access denied to Bedrock model"),
+])
+def test_errors_inside_the_query_flow_are_one_line_and_not_retried(
+    catalog, console_capfd, tmp_path, request, argv, message
+):
+    not_an_image = tmp_path / "bad.jpg"
+    not_an_image.write_text("this is not an image")
+    argv = [str(not_an_image) if a == "NOT_AN_IMAGE" else a for a in argv]
+    catalog.bedrock.reset_stats()
+    refused = "Bedrock" in message
+    if refused:
+        request.addfinalizer(catalog.bedrock.clear_faults)
+        catalog.bedrock.fail_next(1, "AccessDeniedException")  # a retry would succeed
+
+    code = main([*argv, "--chroma-path", str(catalog.settings.chroma_path),
+                 "--collection", catalog.settings.collection])
+    out, err = console_capfd.readouterr()
+
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1, err  # no traceback, no Prefect lines repeating it
+    assert err.startswith("imgrag: error: ") and message in err, err
+    assert catalog.bedrock.stats.requests == (1 if refused else 0)  # not retried
+
+
+def test_invalid_where_of_a_flow_run_is_a_config_error(catalog):
+    # Deployment parameters reach the flow without the CLI's checks.
+    with pytest.raises(ConfigError, match="invalid where filter"):
+        query_flow("red", where={"a": 1, "b": 2}, collection=catalog.settings.collection,
+                   chroma_path=str(catalog.settings.chroma_path))
 
 
 def test_summarize_json_maps_citations_to_uris(catalog, capsys, fake_openai, tmp_path):

@@ -23,6 +23,7 @@ from prefect.logging.handlers import APILogHandler
 
 import tasks.report
 from flows.ingest import ingest_flow
+from flows.query import main as query_main
 from flows.query import query_flow
 from imgrag.emulators.bedrock import count_tokens
 from tests.test_ingest_flow import put_colours
@@ -103,6 +104,32 @@ def test_query_run_publishes_hits_with_inline_thumbnails_and_cost(
         assert row.startswith(f"| {hit.rank} | {hit.distance:.4f} |") and hit.id in row
     data = base64.b64decode(re.search(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", rows[0])[1])
     with Image.open(io.BytesIO(data)) as thumb:
-        assert thumb.format == "JPEG" and max(thumb.size) <= tasks.report.THUMBNAIL_SIDE
+        assert thumb.format == "JPEG" and max(thumb.size) <= tasks.report.ARTIFACT_IMAGE_SIDE
         red, green, blue = thumb.convert("RGB").getpixel((thumb.width // 2, thumb.height // 2))
     assert red > 180 and green < 60 and blue < 60  # the top hit's own pixels
+
+
+def test_query_artifact_and_html_gallery_fetch_each_hit_once_and_escape_the_query(
+    s3, bucket, bedrock, store_env, monkeypatch, s3_requests, tmp_path
+):
+    monkeypatch.setenv("IMGRAG_COLLECTION", "artifacts-fetch")
+    put_colours(s3, bucket)
+    ingest_flow(source=f"s3://{bucket}/")
+    before = s3_requests.object_gets(bucket)
+
+    assert query_main(["a red object", "-k", "3", "--html", str(tmp_path / "g.html")]) == 0
+
+    assert s3_requests.object_gets(bucket) == before + 3  # artifact and gallery: one fetch
+    markdown = artifacts("query-hits-artifacts-fetch")[-1].data
+    assert markdown.count("](data:image/jpeg;base64,") == 3
+
+    monkeypatch.setenv("IMGRAG_ARTIFACT_THUMBNAILS", "false")
+    assert query_main(["a *blue* <b>object</b> [x](http://e.example)", "-k", "4"]) == 0
+
+    assert s3_requests.object_gets(bucket) == before + 3  # the 4th hit was never fetched
+    [artifact] = artifacts("query-hits-artifacts-fetch")[-1:]
+    assert "data:" not in artifact.data
+    assert len([line for line in artifact.data.splitlines() if line.startswith("| ")]) == 5
+    escaped = r"a \*blue\* &lt;b&gt;object&lt;/b&gt; \[x\](http://e.example)"
+    assert artifact.data.startswith(f"### Query: {escaped}\n")
+    assert artifact.description == f"Hits of: {escaped}"

@@ -43,8 +43,21 @@ def test_collection_not_made_by_imgrag_is_refused(settings):
 
 
 def test_open_without_create_reports_missing_collection(settings):
-    with pytest.raises(StoreError, match="does not exist"):
+    ImageStore.open(settings.model_copy(update={"collection": "other"}))
+    with pytest.raises(StoreError, match="collection 'images' does not exist"):
         ImageStore.open(settings, create=False)
+
+
+def test_open_without_create_refuses_a_missing_store_and_writes_nothing(settings, tmp_path):
+    with pytest.raises(StoreError, match=r"^no store at .*db \(run an ingest first\)$"):
+        ImageStore.open(settings, create=False)
+    assert not settings.chroma_path.exists()
+
+    empty = tmp_path / "empty"  # an existing folder that holds no store stays untouched
+    empty.mkdir()
+    with pytest.raises(StoreError, match="no store at"):
+        ImageStore.open(settings.model_copy(update={"chroma_path": empty}), create=False)
+    assert list(empty.iterdir()) == []
 
 
 def test_upsert_is_idempotent_and_query_orders_by_distance(settings):

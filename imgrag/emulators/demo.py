@@ -70,9 +70,16 @@ def demo_env(workdir: Path, s3_url: str, bedrock_url: str) -> dict[str, str]:
     return env
 
 
+class StepFailed(Exception):
+    """A demo step's command exited non-zero (its own output says why)."""
+
+
 def run(step: str, args: list[str], env: dict[str, str]) -> None:
+    """Run one step as a user would; StepFailed when it exits non-zero."""
     print(f"\n=== {step}\n$ python {' '.join(args)}", flush=True)
-    subprocess.run([sys.executable, *args], env=env, check=True)
+    code = subprocess.run([sys.executable, *args], env=env).returncode
+    if code != 0:
+        raise StepFailed(f"step {step!r} failed (python {' '.join(args)} exited {code})")
 
 
 def main() -> int:
@@ -109,6 +116,9 @@ def main() -> int:
             run("re-run, nothing changed", ["-m", "flows.ingest", "--source", source], env)
             print(f"Bedrock calls during the re-run: {bedrock.stats.requests}")
             run("query", ["-m", "flows.query", "red", "-k", "3"], env)
+    except StepFailed as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         s3_server.stop()
     print(f"\nDemo state (Chroma store, Prefect home) is in {workdir}")

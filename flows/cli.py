@@ -1,0 +1,91 @@
+"""What the ingest and query CLIs share: store flags, settings from flags, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from typing import Any
+
+from prefect.logging.handlers import PrefectConsoleHandler
+from pydantic import ValidationError
+
+from imgrag.errors import ConfigError, ImgragError
+from imgrag.settings import Settings
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by the ingest and query CLIs."""
+    parser.add_argument("--chroma-path", help="embedded Chroma directory "
+                        "(IMGRAG_CHROMA_PATH, default ./chroma_images_db)")
+    parser.add_argument("--chroma-url", help="Chroma server URL, e.g. http://localhost:8000 "
+                        "(IMGRAG_CHROMA_URL)")
+    parser.add_argument("--collection", help="collection name (IMGRAG_COLLECTION, "
+                        "default images)")
+    parser.add_argument("--dim", type=int, choices=(256, 384, 1024),
+                        help="embedding length (IMGRAG_DIM, default 1024)")
+    parser.add_argument("--region", help="AWS region for Bedrock and S3 (default: boto3's)")
+
+
+def config_error(exc: ValidationError) -> ConfigError:
+    """The first problem of a pydantic ValidationError as a one-line ConfigError."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return ConfigError(f"invalid {field}: {message}" if field else message)
+
+
+def settings_from_cli(**overrides: Any) -> Settings:
+    """Settings from the environment with non-None flags (or flow parameters) on top;
+    ConfigError (one line) if a value is invalid."""
+    try:
+        return Settings.from_overrides(**overrides)
+    except ValidationError as exc:
+        raise config_error(exc) from None
+
+
+def print_error(exc: ImgragError) -> int:
+    """Print ``exc`` as the CLI's one error line; the exit status for it (2)."""
+    print(f"imgrag: error: {exc}", file=sys.stderr)
+    return 2
+
+
+# How Prefect states a run ended by an exception: ``Failed('Task run encountered an
+# exception ConfigError: ...')`` (quoted with " when the message holds a ').
+_FAILED_BY = re.compile(
+    r"""^Finished in state Failed\(['"](?:Task|Flow) run encountered an exception:? (\w+): """
+)
+
+
+def _run_error_names() -> set[str]:
+    """Class names of ImgragError and all its subclasses (SummaryError, StoreError…)."""
+    names: set[str] = set()
+    todo: list[type[ImgragError]] = [ImgragError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+class _RunErrorFilter(logging.Filter):
+    """Drop console records about a run-level ImgragError, which the CLI prints as one
+    line: the records carrying it (tracebacks) and the ``Finished in state Failed(...)``
+    lines repeating it. The Prefect API still receives every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ImgragError):
+            return False
+        failed_by = _FAILED_BY.match(record.getMessage())
+        return not (failed_by and failed_by.group(1) in _run_error_names())
+
+
+_RUN_ERROR_FILTER = _RunErrorFilter()
+
+
+def hide_run_error_tracebacks() -> None:
+    """Keep Prefect's console handler from printing run-level errors the CLI reports."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and _RUN_ERROR_FILTER not in handler.filters:
+            handler.addFilter(_RUN_ERROR_FILTER)
