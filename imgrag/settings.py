@@ -46,7 +46,9 @@ class Settings(BaseSettings):
         100 * 1024 * 1024, ge=1, description="Objects larger than this are not downloaded."
     )
     max_source_pixels: int = Field(
-        150_000_000, ge=1, description="Declared pixel count above which a file is refused."
+        89_478_485, ge=1,
+        description="Declared pixel count above which a file is refused unread (at most"
+        " Pillow's own decompression-bomb limit, 89.5 MP).",
     )
 
     # Cost estimate (USD list price of Titan Multimodal Embeddings G1, on-demand)
