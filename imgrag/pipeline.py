@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,60 +42,92 @@ class Runtime:
 
     @classmethod
     def open(cls, settings: Settings, source: str) -> Runtime:
-        """Open source, store (created if missing), embedder and ledger for ``settings``."""
-        src = open_source(source, settings)
-        src.check()
-        store = ImageStore.open(settings, create=True)
-        embedder = make_embedder(settings)
-        ledger = FailureLedger(settings.resolved_state_dir / LEDGER_NAME, settings.collection)
-        pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="imgrag")
+        """Open source, store (created if missing), embedder and ledger for ``settings``;
+        what was opened is closed again if a later step fails."""
+        with ExitStack() as opened:
+            src = open_source(source, settings)
+            opened.callback(src.close)
+            src.check()
+            store = ImageStore.open(settings, create=True)
+            embedder = make_embedder(settings)
+            opened.callback(embedder.close)
+            ledger = FailureLedger(settings.resolved_state_dir / LEDGER_NAME, settings.collection)
+            opened.callback(ledger.close)
+            pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="imgrag")
+            opened.pop_all()
         return cls(settings, src, store, embedder, ledger, pool)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
-        self.ledger.close()
+        """Wait for the pool's work, then close the ledger, the clients and the source's
+        files (each of them, even if one fails)."""
+        with ExitStack() as closing:
+            closing.callback(self.source.close)
+            closing.callback(self.embedder.close)
+            closing.callback(self.ledger.close)
+            self.pool.shutdown(wait=True)
 
 
-_runtimes: dict[str, Runtime] = {}
-_holders: dict[str, int] = {}  # runs (threads) of this process using each Runtime
-_runtimes_lock = threading.Lock()
+@dataclass
+class _Shared:
+    """One process-wide Runtime, the runs holding it, and the lock its opening takes."""
+
+    opening: threading.Lock = field(default_factory=threading.Lock)
+    runtime: Runtime | None = None
+    holders: int = 0
+
+
+_runtimes: dict[str, _Shared] = {}
+_runtimes_lock = threading.Lock()  # guards _runtimes and holders; never held across I/O
 
 
 def _runtime_key(settings: Settings, source: str) -> str:
     return json.dumps([settings.public_dict(), source], sort_keys=True)
 
 
+def _opened(shared: _Shared, settings: Settings, source: str) -> Runtime:
+    """The shared Runtime, opened by the first caller (others with its key wait for it;
+    runs of other keys are not held up)."""
+    with shared.opening:
+        if shared.runtime is None:
+            shared.runtime = Runtime.open(settings, source)
+        return shared.runtime
+
+
 def runtime_for(settings: Settings, source: str) -> Runtime:
     """The process-wide Runtime for (settings, source), opened on first use."""
-    key = _runtime_key(settings, source)
     with _runtimes_lock:
-        if key not in _runtimes:
-            _runtimes[key] = Runtime.open(settings, source)
-        return _runtimes[key]
+        shared = _runtimes.setdefault(_runtime_key(settings, source), _Shared())
+    return _opened(shared, settings, source)
 
 
 def hold_runtime(settings: Settings, source: str) -> Runtime:
     """``runtime_for`` for a run: held until its ``close_runtime``, so concurrent runs with
     the same settings and source in one process (e.g. shards in threads) share it safely."""
-    key = _runtime_key(settings, source)
     with _runtimes_lock:
-        if key not in _runtimes:
-            _runtimes[key] = Runtime.open(settings, source)
-        _holders[key] = _holders.get(key, 0) + 1
-        return _runtimes[key]
+        shared = _runtimes.setdefault(_runtime_key(settings, source), _Shared())
+        shared.holders += 1
+    try:
+        return _opened(shared, settings, source)
+    except BaseException:
+        close_runtime(settings, source)
+        raise
 
 
 def close_runtime(settings: Settings, source: str) -> None:
     """Release a run's hold; the last holder closes and forgets the Runtime."""
     key = _runtime_key(settings, source)
     with _runtimes_lock:
-        held = _holders.pop(key, 0) - 1
-        if held > 0:
-            _holders[key] = held
+        shared = _runtimes.get(key)
+        if shared is None:
             return
-        rt = _runtimes.pop(key, None)
-    if rt is not None:
-        rt.close()
+        shared.holders -= 1
+        if shared.holders > 0:
+            return
+        del _runtimes[key]
+    with shared.opening:
+        if shared.runtime is not None:
+            shared.runtime.close()
+            shared.runtime = None
 
 
 def record_metadata(

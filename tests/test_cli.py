@@ -9,17 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from prefect.settings import get_current_settings
 
 from flows import ingest as ingest_cli
 from flows import query as query_cli
 from imgrag.records import Failure, IngestReport
 from tests.conftest import COLOURS, image_bytes
-
-
-@pytest.fixture(scope="module")
-def cli_prefect_home(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One PREFECT_HOME for the CLI subprocesses of this module (their ephemeral API)."""
-    return str(tmp_path_factory.mktemp("cli-prefect"))
 
 
 def run_cli(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -29,12 +24,12 @@ def run_cli(module: str, *args: str, env: dict[str, str]) -> subprocess.Complete
     )
 
 
-def test_end_to_end_with_standard_aws_env_vars(
-    s3, bucket, s3_server, bedrock, tmp_path, cli_prefect_home
-):
+@pytest.mark.usefixtures("prefect_harness")
+def test_end_to_end_with_standard_aws_env_vars(s3, bucket, s3_server, bedrock, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGRAG_")}
     env.update({
-        "PREFECT_HOME": cli_prefect_home,
+        # a running Prefect API, as a team's CLI runs would use (no temporary server each)
+        "PREFECT_API_URL": str(get_current_settings().api.url),
         "AWS_ENDPOINT_URL_S3": s3_server,
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url,
         "IMGRAG_CHROMA_PATH": str(tmp_path / "store"),

@@ -41,6 +41,9 @@ class ColourEmbedder:
     def embed_text(self, text: str) -> list[float]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Nothing held open."""
+
     def _vector(self, data: bytes) -> list[float]:
         pixel = Image.open(io.BytesIO(data)).convert("RGB").getpixel((10, 10))
         channel = max(range(3), key=lambda c: pixel[c])

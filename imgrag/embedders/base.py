@@ -30,3 +30,6 @@ class Embedder(Protocol):
 
     def embed_text(self, text: str) -> list[float]:
         """The vector of a text query, truncated to the model's input limit."""
+
+    def close(self) -> None:
+        """Close the model client's connections."""

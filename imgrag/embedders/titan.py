@@ -136,6 +136,10 @@ class TitanEmbedder:
             self.text_tokens += int(response.get("inputTextTokenCount") or 0)
         return response["embedding"]
 
+    def close(self) -> None:
+        """Close the bedrock-runtime client's connections."""
+        self.client.close()
+
     def _invoke(self, payload: str) -> dict[str, Any]:
         """InvokeModel with the JSON ``payload``, retried within ``max_attempts``."""
         for attempt in range(1, self.max_attempts + 1):

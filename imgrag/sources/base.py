@@ -57,3 +57,6 @@ class Source(Protocol):
 
     def fetch(self, obj: SourceObject) -> bytes:
         """The object's bytes at exactly ``obj.etag``; FetchError otherwise."""
+
+    def close(self) -> None:
+        """Release what the source holds open (clients, cache files)."""

@@ -57,6 +57,10 @@ class HashCache:
         with self._lock:
             self._db.commit()
 
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
 
 class LocalSource:
     """Images under a local directory; symlinks leading outside it are not followed."""
@@ -144,3 +148,7 @@ class LocalSource:
         if content_etag(data) != obj.etag:
             raise FetchError("file changed since listing", permanent=False)
         return data
+
+    def close(self) -> None:
+        """Close the hash cache."""
+        self._hashes.close()

@@ -132,3 +132,7 @@ class S3Source:
             raise FetchError(f"S3 GetObject failed: {code}", permanent=False) from None
         except BotoCoreError as exc:
             raise FetchError(f"S3 GetObject failed: {exc}", permanent=False) from None
+
+    def close(self) -> None:
+        """Close the S3 client's connections (a source opened for a run owns its client)."""
+        self.client.close()
