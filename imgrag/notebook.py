@@ -37,7 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder
-from imgrag.errors import EmbeddingError
+from imgrag.errors import EmbeddingError, StoreError
 from imgrag.filters import QueryFilters, parse_date
 from imgrag.gallery import render_fragment
 from imgrag.ledger import FailureLedger
@@ -247,7 +247,13 @@ def get_chroma_collection(
     ``images``, 1024). A collection made for another model or dimension is an error."""
     settings = Settings.from_overrides(chroma_path=path, collection=name, dim=dim,
                                        chroma_url=url)
-    return ImageCollection(ImageStore.open(settings, create=True), settings)
+    if settings.chroma_url:
+        return ImageCollection(ImageStore.open(settings, create=True), settings)
+    try:  # an existing collection opens without the writer lock (reading is no write)
+        return ImageCollection(ImageStore.open(settings, create=False), settings)
+    except StoreError:  # creating the store or collection is a write: one writer at a time
+        with writer_lock(settings.chroma_url, settings.chroma_path):
+            return ImageCollection(ImageStore.open(settings, create=True), settings)
 
 
 class _RecordSource:
@@ -279,8 +285,17 @@ def upsert_images_to_chroma(
     """Embed and upsert the records not yet indexed at their ETag; returns the failures.
 
     Same pipeline as the ingest flow (normalize → Titan → upsert, concurrent, permanent
-    failures remembered in the ledger), under the store's writer lock.
+    failures remembered in the ledger). An embedded store is written under its writer lock:
+    StoreLockedError (nothing written) while another process, e.g. an ingest, holds it.
     """
+    settings = collection.settings
+    with writer_lock(settings.chroma_url, settings.chroma_path):
+        return _upsert_locked(collection, records, batch_size)
+
+
+def _upsert_locked(
+    collection: ImageCollection, records: Sequence[ImageRecord], batch_size: int | None
+) -> list[Failure]:
     settings = collection.settings
     indexed = collection.store.get([r.id for r in records])
     todo = [r for r in records if indexed.get(r.id, {}).get("etag") != r.etag]
@@ -291,8 +306,7 @@ def upsert_images_to_chroma(
     failures: list[Failure] = []
     ledger = FailureLedger(settings.resolved_state_dir / LEDGER_NAME, settings.collection)
     try:
-        with (writer_lock(settings.chroma_url, settings.chroma_path),
-              ThreadPoolExecutor(settings.concurrency, thread_name_prefix="imgrag") as pool):
+        with ThreadPoolExecutor(settings.concurrency, thread_name_prefix="imgrag") as pool:
             rt = Runtime(settings, _RecordSource(todo), collection.store,
                          _embedder(settings), ledger, pool)
             for start in range(0, len(todo), step):
