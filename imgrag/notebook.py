@@ -23,6 +23,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 
 ImageInput = str | Path | bytes
 _DOWNLOAD_WORKERS = 8
-_embedders: dict[tuple[str, int, str | None], Embedder] = {}
+_embedders: dict[tuple[str, str | None], Embedder] = {}
 _embedders_lock = threading.Lock()
 
 
@@ -105,8 +106,9 @@ class ImageCollection:
 
 
 def _embedder(settings: Settings) -> Embedder:
-    """One embedder (and boto3 client) per model, dimension and region in this process."""
-    key = (settings.model_id, settings.dim, settings.region)
+    """One embedder (and boto3 client) per settings and Bedrock endpoint in this process."""
+    key = (json.dumps(settings.public_dict(), sort_keys=True),
+           os.environ.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME"))
     with _embedders_lock:
         if key not in _embedders:
             _embedders[key] = make_embedder(settings)
