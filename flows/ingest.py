@@ -27,7 +27,6 @@ from imgrag.errors import ConfigError, ImgragError
 from imgrag.lock import check_unlocked, writer_lock
 from imgrag.pipeline import Runtime, close_runtime, hold_runtime
 from imgrag.records import BatchResult, IngestReport, SourceObject
-from imgrag.settings import Settings
 from imgrag.sources import check_source
 from imgrag.store import make_chroma_client
 from imgrag.sync import ScopePlanner, parse_shard
@@ -76,7 +75,7 @@ def ingest_flow(
     """
     if not source.strip():  # e.g. a deployment made without IMGRAG_SOURCE set
         raise ConfigError("no source given: pass s3://BUCKET/PREFIX or a folder path")
-    settings = Settings.from_overrides(
+    settings = settings_from_cli(  # deployment parameters: bad values are one-line errors
         collection=collection, dim=dim, chroma_path=chroma_path, chroma_url=chroma_url,
         region=region, batch_size=batch_size, concurrency=concurrency,
     )

@@ -1,0 +1,18 @@
+"""Bad flow parameters (as a deployment would pass them) are one-line ConfigErrors."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.ingest import ingest_flow
+from imgrag.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_ingest_flow_with_batch_size_0_fails_with_a_one_line_config_error(store_env, tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        ingest_flow(source=str(tmp_path), batch_size=0)
+    message = str(caught.value)
+    assert message.startswith("invalid batch_size: ") and "\n" not in message
+    assert not store_env.exists()  # failed before opening the store
