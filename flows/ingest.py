@@ -75,6 +75,8 @@ def ingest_flow(
     """
     if not source.strip():  # e.g. a deployment made without IMGRAG_SOURCE set
         raise ConfigError("no source given: pass s3://BUCKET/PREFIX or a folder path")
+    if shard is not None and not shard.strip():  # the ingest-shard deployment's placeholder
+        raise ConfigError("no shard given: pass shard=I/N (e.g. 0/4)")
     settings = settings_from_cli(  # deployment parameters: bad values are one-line errors
         collection=collection, dim=dim, chroma_path=chroma_path, chroma_url=chroma_url,
         region=region, batch_size=batch_size, concurrency=concurrency,

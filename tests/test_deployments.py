@@ -121,7 +121,7 @@ def test_prefect_deploy_all_creates_the_declared_deployments_and_the_server_enfo
     assert ingest.concurrency_options.collision_strategy == "ENQUEUE"
 
     shard = deployment(prefect_server, "ingest-images/ingest-shard")
-    assert shard.parameters == {**ingest.parameters, "shard": "0/1"}
+    assert shard.parameters == {**ingest.parameters, "shard": ""}  # required: no default
     assert (shard.schedules, shard.global_concurrency_limit) == ([], None)
 
     query = deployment(prefect_server, "query-images/query")
