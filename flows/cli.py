@@ -40,9 +40,13 @@ def settings_from_cli(**overrides: Any) -> Settings:
     """Settings from the environment with non-None flags (or flow parameters) on top;
     ConfigError (one line) if a value is invalid."""
     try:
-        return Settings.from_overrides(**overrides)
+        settings = Settings.from_overrides(**overrides)
     except ValidationError as exc:
         raise config_error(exc) from None
+    if overrides.get("chroma_path") and settings.chroma_url:
+        raise ConfigError("--chroma-path (an embedded store) and a Chroma server URL"
+                          " (--chroma-url or IMGRAG_CHROMA_URL) exclude each other")
+    return settings
 
 
 def print_error(exc: ImgragError) -> int:

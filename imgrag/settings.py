@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,10 +70,26 @@ class Settings(BaseSettings):
 
     @field_validator("chroma_url")
     @classmethod
-    def _url_has_scheme(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("http://", "https://")):
+    def _url_is_scheme_host_port(cls, value: str | None) -> str | None:
+        """``http(s)://host[:port]`` only; the messages never echo the value (it may hold
+        a password)."""
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
             raise ValueError("chroma_url must start with http:// or https://")
-        return value or None
+        url = urlsplit(value)
+        if "@" in url.netloc:
+            raise ValueError("chroma_url must not carry credentials; set"
+                             " IMGRAG_CHROMA_AUTH_TOKEN instead")
+        if url.path not in ("", "/") or url.query or url.fragment:
+            raise ValueError("chroma_url must be http(s)://host[:port] (no path or query)")
+        try:
+            url.port  # noqa: B018 - parses the port
+        except ValueError:
+            raise ValueError("chroma_url has an invalid port") from None
+        if not url.hostname:
+            raise ValueError("chroma_url has no host")
+        return value
 
     @property
     def resolved_state_dir(self) -> Path:

@@ -34,7 +34,7 @@ def make_chroma_client(settings: Settings) -> Any:
                 headers["Authorization"] = f"Bearer {settings.chroma_auth_token.get_secret_value()}"
             return chromadb.HttpClient(
                 host=url.hostname or "localhost",
-                port=url.port or (443 if url.scheme == "https" else 8000),
+                port=_port(url.scheme, url.port),
                 ssl=url.scheme == "https",
                 headers=headers,
                 settings=chroma_settings,
@@ -42,8 +42,19 @@ def make_chroma_client(settings: Settings) -> Any:
         settings.chroma_path.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma_settings)
     except Exception as exc:  # chromadb raises plain Exception/ValueError on connect
-        where = settings.chroma_url or str(settings.chroma_path)
+        where = server_address(settings.chroma_url) if settings.chroma_url else str(
+            settings.chroma_path)
         raise StoreError(f"cannot open Chroma store at {where}: {_one_line(exc)}") from None
+
+
+def _port(scheme: str, port: int | None) -> int:
+    return port or (443 if scheme == "https" else 8000)
+
+
+def server_address(chroma_url: str) -> str:
+    """``scheme://host:port`` of a Chroma server URL: what messages may show of it."""
+    url = urlparse(chroma_url)
+    return f"{url.scheme}://{url.hostname}:{_port(url.scheme, url.port)}"
 
 
 def _one_line(exc: BaseException) -> str:
