@@ -1,4 +1,7 @@
-"""Prefect tasks of the ingest flow: one task run per batch, never per image."""
+"""Prefect tasks of the ingest flow: one task run per batch, never per image.
+
+A task's settings are the flow's (public) settings passed as a parameter plus the worker's
+environment for what they leave out: secrets never travel as parameters."""
 
 from __future__ import annotations
 
