@@ -209,12 +209,15 @@ def build_image_records(
 
 
 def normalize_image_to_jpeg_bytes(image: ImageInput, max_side: int = 2048) -> bytes:
-    """A safe RGB JPEG (≤ ``max_side`` px, ≤ 5 MB, no metadata) of an image file or bytes.
+    """A safe RGB JPEG (≤ ``max_side`` px and within the embedding model's input limits,
+    no metadata) of an image file or bytes.
 
     Raises ``NormalizeError`` (with ``.reason``) for non-images, corrupt files and bombs.
     """
     settings = Settings()
-    return normalize_image(_read_image(image), max_side=max_side, max_bytes=5 * 1024 * 1024,
+    embedder = _embedder(settings)
+    return normalize_image(_read_image(image), max_side=min(max_side, embedder.max_image_side),
+                           max_bytes=embedder.max_image_bytes,
                            max_source_pixels=settings.max_source_pixels).data
 
 
@@ -384,7 +387,9 @@ def show_hit_images(
 
 def image_to_b64(image: ImageInput, max_side: int = SUMMARY_IMAGE_SIDE) -> str:
     """Base64 of a downscaled JPEG of the image, as vision models take it."""
-    return base64.b64encode(normalize_image_to_jpeg_bytes(image, max_side)).decode("ascii")
+    data = normalize_image(_read_image(image), max_side=max_side,
+                           max_source_pixels=Settings().max_source_pixels).data
+    return base64.b64encode(data).decode("ascii")
 
 
 def summarize_images_with_openai(

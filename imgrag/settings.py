@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imgrag.normalize import MAX_SOURCE_PIXELS
+
 TITAN_IMAGE_MODEL_ID = "amazon.titan-embed-image-v1"
 
 
@@ -47,7 +49,7 @@ class Settings(BaseSettings):
         100 * 1024 * 1024, ge=1, description="Objects larger than this are not downloaded."
     )
     max_source_pixels: int = Field(
-        89_478_485, ge=1,
+        MAX_SOURCE_PIXELS, ge=1, le=MAX_SOURCE_PIXELS,
         description="Declared pixel count above which a file is refused unread (at most"
         " Pillow's own decompression-bomb limit, 89.5 MP).",
     )
