@@ -34,7 +34,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder
@@ -50,7 +49,7 @@ from imgrag.records import Failure, Hit, SourceObject
 from imgrag.settings import Settings
 from imgrag.sources import FetchError, S3Source, is_image_key
 from imgrag.sources.local import content_etag
-from imgrag.sources.s3 import make_s3_client
+from imgrag.sources.s3 import fetch_object, make_s3_client
 from imgrag.store import ImageStore
 from imgrag.summarize import (
     DEFAULT_OPENAI_MODEL,
@@ -133,23 +132,14 @@ def list_image_keys(
 
 def _download_one(client: Any, bucket: str, key: str, dest: Path, limit: int) -> Path:
     uri = f"s3://{bucket}/{key}"
-    try:
-        response = client.get_object(Bucket=bucket, Key=key)
-        if response.get("ContentLength", 0) > limit:
-            response["Body"].close()
-            raise FetchError(f"larger than {limit} bytes", permanent=True)
-        data = response["Body"].read()
-    except ClientError as exc:
-        raise FetchError(exc.response.get("Error", {}).get("Code", "error"),
-                         permanent=False) from None
-    except BotoCoreError as exc:
-        raise FetchError(str(exc), permanent=False) from None
+    fetched = fetch_object(client, bucket, key, limit=limit)
     suffix = Path(key).suffix.lower() if is_image_key(key) else ".img"
     path = dest / (hashlib.sha256(uri.encode()).hexdigest()[:32] + suffix)
-    path.write_bytes(data)
-    modified = response.get("LastModified")
-    facts = {"id": uri, "bucket": bucket, "key": key, "etag": response["ETag"],
-             "size": len(data), "last_modified": modified.isoformat() if modified else None}
+    path.write_bytes(fetched.data)
+    modified = fetched.last_modified
+    facts = {"id": uri, "bucket": bucket, "key": key, "etag": fetched.etag,
+             "size": len(fetched.data),
+             "last_modified": modified.isoformat() if modified else None}
     Path(f"{path}.json").write_text(json.dumps(facts))
     return path
 

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, Field, model_validator
 
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder
@@ -23,7 +22,8 @@ from imgrag.normalize import NormalizeError
 from imgrag.pipeline import normalize_for_model
 from imgrag.records import Hit
 from imgrag.settings import Settings
-from imgrag.sources.s3 import make_s3_client, parse_s3_uri
+from imgrag.sources.base import FetchError
+from imgrag.sources.s3 import make_s3_client, parse_s3_uri, read_object
 from imgrag.store import ImageStore, check_where, chroma_errors
 from imgrag.text_cache import TEXT_CACHE_NAME, TextEmbeddingCache
 
@@ -125,15 +125,9 @@ def read_image_ref(ref: str, settings: Settings, s3_client: Any = None) -> bytes
         bucket, key = parse_s3_uri(ref)
         client = s3_client or make_s3_client(settings.region)
         try:
-            response = client.get_object(Bucket=bucket, Key=key)
-            if response.get("ContentLength", 0) > limit:
-                raise ConfigError(f"{ref} is larger than {limit} bytes")
-            return response["Body"].read()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "error")
-            raise ConfigError(f"cannot read {ref}: {code}") from None
-        except BotoCoreError as exc:
-            raise ConfigError(f"cannot read {ref}: {exc}") from None
+            return read_object(client, bucket, key, limit=limit)
+        except FetchError as exc:
+            raise ConfigError(f"cannot read {ref}: {exc.reason}") from None
     path = Path(ref).expanduser()
     if not path.is_file():
         raise ConfigError(f"image file {ref!r} not found")

@@ -170,7 +170,7 @@ def test_image_query_by_s3_uri_downloads_and_embeds_the_object(catalog, s3, buck
     hits = search(catalog, image=f"s3://{bucket}/examples/green.png", k=1)
     assert hits[0].metadata["key"] == "catalog/shoes/green-sneaker.jpg"
     assert catalog.bedrock.stats.image_calls == before + 1
-    with pytest.raises(ConfigError, match=r"cannot read .*NoSuchKey"):
+    with pytest.raises(ConfigError, match=r"cannot read .*: no such object"):
         search(catalog, image=f"s3://{bucket}/examples/missing.png")
     with pytest.raises(ConfigError, match="names a prefix"):
         search(catalog, image=f"s3://{bucket}/examples/")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from botocore.config import Config
@@ -108,31 +111,67 @@ class S3Source:
             raise _s3_error(exc, self.bucket) from None
 
     def fetch(self, obj: SourceObject) -> bytes:
-        """GetObject with ``IfMatch`` so the bytes always belong to the listed ETag.
-
-        The response's ETag is checked too, so a server or proxy that ignores ``If-Match``
-        can still never pair one version's bytes with another version's ETag.
-        """
-        try:
-            response = self.client.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=obj.etag)
-            if response.get("ETag") != obj.etag:
-                response["Body"].close()
-                raise FetchError("object changed since listing", permanent=False)
-            return response["Body"].read()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("PreconditionFailed", "412"):
-                raise FetchError("object changed since listing", permanent=False) from None
-            if code in ("NoSuchKey", "404"):
-                raise FetchError("object deleted since listing", permanent=False) from None
-            if code in ("AccessDenied", "403"):
-                raise FetchError("access denied", permanent=False) from None
-            if code == "InvalidObjectState":
-                raise FetchError("object is archived (restore it first)", permanent=True) from None
-            raise FetchError(f"S3 GetObject failed: {code}", permanent=False) from None
-        except BotoCoreError as exc:
-            raise FetchError(f"S3 GetObject failed: {exc}", permanent=False) from None
+        """GetObject pinned to the listed ETag (see ``read_object``)."""
+        return read_object(self.client, obj.bucket, obj.key, if_match=obj.etag)
 
     def close(self) -> None:
         """Close the S3 client's connections (a source opened for a run owns its client)."""
         self.client.close()
+
+
+@dataclass(frozen=True)
+class FetchedObject:
+    """An object's bytes with the ETag and modification time S3 sent them with."""
+
+    data: bytes
+    etag: str
+    last_modified: datetime | None
+
+
+def fetch_object(
+    client: Any, bucket: str, key: str, *, if_match: str | None = None, limit: int | None = None
+) -> FetchedObject:
+    """GetObject: the one place S3 object bytes are read; FetchError (one-line reason,
+    permanent or not) for every failure, the response body closed on every path.
+
+    With ``if_match`` the bytes belong to that ETag: ``IfMatch`` is sent and the response's
+    ETag checked too (a server or proxy ignoring ``If-Match`` cannot pair one version's
+    bytes with another's ETag). An object over ``limit`` bytes is refused unread.
+    """
+    try:
+        extra = {"IfMatch": if_match} if if_match else {}
+        response = client.get_object(Bucket=bucket, Key=key, **extra)
+        with closing(response["Body"]) as body:
+            if if_match and response.get("ETag") != if_match:
+                raise FetchError("object changed since listing", permanent=False)
+            if limit is not None and response.get("ContentLength", 0) > limit:
+                raise FetchError(f"larger than {limit} bytes", permanent=True)
+            data = body.read() if limit is None else body.read(limit + 1)
+        if limit is not None and len(data) > limit:
+            raise FetchError(f"larger than {limit} bytes", permanent=True)
+        return FetchedObject(data, response.get("ETag", ""), response.get("LastModified"))
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        reason = _get_error(code, listed=if_match is not None)
+        raise FetchError(reason, permanent=code == "InvalidObjectState") from None
+    except BotoCoreError as exc:
+        raise FetchError(f"S3 GetObject failed: {exc}", permanent=False) from None
+
+
+def read_object(
+    client: Any, bucket: str, key: str, *, if_match: str | None = None, limit: int | None = None
+) -> bytes:
+    """The bytes of ``s3://bucket/key`` (see ``fetch_object``); FetchError on failure."""
+    return fetch_object(client, bucket, key, if_match=if_match, limit=limit).data
+
+
+def _get_error(code: str, listed: bool) -> str:
+    if code in ("PreconditionFailed", "412"):
+        return "object changed since listing"
+    if code in ("NoSuchKey", "404"):
+        return "object deleted since listing" if listed else "no such object"
+    if code in ("AccessDenied", "403"):
+        return "access denied"
+    if code == "InvalidObjectState":
+        return "object is archived (restore it first)"
+    return f"S3 GetObject failed: {code or 'error'}"
