@@ -113,7 +113,7 @@ def test_prefect_deploy_all_creates_the_declared_deployments_and_the_server_enfo
     assert ingest.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
     assert ingest.parameters == {"source": SOURCE, "collection": "images", "dim": 1024,
-                                 "batch_size": 32, "concurrency": 16}
+                                 "batch_size": 128, "concurrency": 32}
     [schedule] = ingest.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (
         "0 * * * *", "UTC", True)
