@@ -64,7 +64,6 @@ class AdaptiveRateLimiter:
         self._inflight = 0
         self._successes = 0
         self._answered: deque[float] = deque()  # times of accepted answers within the window
-        self.throttled_count = 0
 
     @property
     def rate(self) -> float | None:
@@ -100,20 +99,22 @@ class AdaptiveRateLimiter:
             self._inflight -= 1
             if outcome == "ok":
                 self._answered.append(now)
+                self._forget_before(now - self.window)
                 self._successes += 1
                 self._ok_since_cut += 1
                 if self._rate is not None and self._slow_start:
                     self._rate += self._rate / self.slow_start_calls
                 elif self._rate is not None:
                     self._rate += self._step
-            elif outcome == "throttled":
-                self.throttled_count += 1
-                if sent_at >= self._last_cut:
-                    self._cut(now)
+            elif outcome == "throttled" and sent_at >= self._last_cut:
+                self._cut(now)
+
+    def _forget_before(self, horizon: float) -> None:
+        while self._answered and self._answered[0] < horizon:
+            self._answered.popleft()
 
     def _cut(self, now: float) -> None:
-        while self._answered and self._answered[0] < now - self.window:
-            self._answered.popleft()
+        self._forget_before(now - self.window)
         accepted = len(self._answered) / self.window + self._inflight
         current = accepted if self._rate is None else min(self._rate, accepted)
         new = max(self.min_rate, self.decrease * current)
