@@ -136,7 +136,7 @@ class ImageStore:
         return (self.collection.metadata or {}).get("dim")
 
     def check_vector_space(self, model_id: str, dim: int) -> None:
-        """Refuse to mix vector spaces in one collection."""
+        """Refuse to mix vector spaces in one collection, or to write a newer schema."""
         if self.model_id is None:
             raise StoreError(
                 f"collection {self.collection.name!r} was not created by imgrag"
@@ -146,6 +146,12 @@ class ImageStore:
             raise StoreError(
                 f"collection {self.collection.name!r} holds {self.model_id} vectors of dim"
                 f" {self.dim}, not {model_id} dim {dim}; use another --collection"
+            )
+        schema = (self.collection.metadata or {}).get("imgrag_schema", 1)
+        if schema > SCHEMA_VERSION:
+            raise StoreError(
+                f"collection {self.collection.name!r} was written by a newer imgrag (schema"
+                f" {schema}, this one knows {SCHEMA_VERSION}); upgrade imgrag"
             )
 
     def count(self) -> int:

@@ -71,3 +71,10 @@ def test_upsert_is_idempotent_and_query_orders_by_distance(settings):
     assert hits[0].distance == pytest.approx(0.0, abs=1e-6)
     store.delete(["x"])
     assert store.count() == 2
+
+
+def test_collection_written_by_a_newer_schema_is_refused(settings):
+    store = ImageStore.open(settings)
+    store.collection.modify(metadata={**store.collection.metadata, "imgrag_schema": 99})
+    with pytest.raises(StoreError, match="newer imgrag"):
+        ImageStore.open(settings)
