@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 from PIL import Image, ImageDraw
+
+from imgrag.emulators.chroma_server import free_port
 
 BIN = Path(sys.executable).parent
 
@@ -57,10 +58,11 @@ def clean_environ(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def write_results(path: Path | None, results: dict) -> None:
+    """Write a benchmark's figures as JSON when ``--out`` was given."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def http_json(url: str, method: str = "GET", timeout: float = 5.0) -> object:

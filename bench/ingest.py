@@ -59,6 +59,7 @@ from bench.common import (
     start_moto,
     start_prefect_server,
     wait_http_ok,
+    write_results,
 )
 
 BUCKET = "bench-photos"
@@ -464,9 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     print_results(results)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
     return 0
 
 

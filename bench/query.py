@@ -12,7 +12,6 @@ query (one Titan text request) is excluded: this is the store's share of a query
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import format_table, machine_load
+from bench.common import format_table, machine_load, write_results
 from imgrag.settings import Settings
 from imgrag.store import ImageStore
 
@@ -110,9 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mean_ms", "target_p50_ms", "target_applies", "ok")
     print(format_table([{"measure": key, "value": results[key]} for key in keys],
                        ("measure", "value")))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
     return 0
 
 

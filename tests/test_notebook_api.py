@@ -7,6 +7,7 @@ import base64
 import io
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -94,11 +95,17 @@ def test_the_typical_notebook_flow(shop, s3, bedrock, tmp_path):
     assert page.count('<img src="data:image/jpeg;base64,') == 2
 
 
-def test_notebook_records_are_the_ingest_flows_records(shop, s3, tmp_path):
+def index_shop(shop: str, tmp_path: Path) -> tuple[list, object]:
+    """The notebook's usual flow: list, download, build records, upsert; (records, collection)."""
     keys = list_image_keys(shop, "shop/")
     records = build_image_records(keys, download_s3_objects(shop, keys, tmp_path / "data"))
     collection = get_chroma_collection()
     upsert_images_to_chroma(collection, records)
+    return records, collection
+
+
+def test_notebook_records_are_the_ingest_flows_records(shop, s3, tmp_path):
+    _, collection = index_shop(shop, tmp_path)
 
     settings = Settings()
     source = open_source(f"s3://{shop}/shop/", settings)
@@ -112,10 +119,7 @@ def test_notebook_records_are_the_ingest_flows_records(shop, s3, tmp_path):
 
 
 def test_local_copies_are_shown_even_when_the_source_is_gone(shop, s3, tmp_path):
-    keys = list_image_keys(shop, "shop/")
-    records = build_image_records(keys, download_s3_objects(shop, keys, tmp_path / "data"))
-    collection = get_chroma_collection()
-    upsert_images_to_chroma(collection, records)
+    records, collection = index_shop(shop, tmp_path)
     hits = query_images(collection, "red", k=1)
     s3.delete_object(Bucket=shop, Key="shop/red-shirt.jpg")
 
@@ -149,10 +153,7 @@ def test_a_collection_refuses_another_vector_space(tmp_path, bedrock):
 
 
 def test_summarize_images_with_openai_cites_uris(shop, tmp_path, monkeypatch):
-    keys = list_image_keys(shop, "shop/")
-    records = build_image_records(keys, download_s3_objects(shop, keys, tmp_path / "data"))
-    collection = get_chroma_collection()
-    upsert_images_to_chroma(collection, records)
+    records, collection = index_shop(shop, tmp_path)
     hits = query_images(collection, "red", k=3)
     with FakeOpenAI() as fake:
         monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
