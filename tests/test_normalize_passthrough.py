@@ -191,3 +191,20 @@ def test_well_formed_jpeg_that_cannot_be_decoded_is_refused() -> None:
     data[sof + 12] = 3  # component 1 uses quantization table 3, which is never defined
     with pytest.raises(NormalizeError, match="corrupt image"):
         normalize_image(bytes(data))
+
+
+def test_damaged_scan_is_passed_through_as_a_full_decode_would_accept_it() -> None:
+    """Pass-through decodes only the start of the scan: that loses nothing as long as libjpeg
+    decodes damaged entropy-coded data without failing (it warns and fills)."""
+    data = jpeg(photo((320, 240)))
+    start = data.index(b"\xff\xda") + 14
+    rng = random.Random(11)
+    for _ in range(40):
+        damaged = bytearray(data)
+        for _ in range(rng.choice((1, 10, 100))):
+            at = rng.randrange(start, len(damaged) - 2)
+            if 0xFF not in damaged[at - 1 : at + 1]:  # leave markers and stuffing alone
+                damaged[at] = rng.randrange(0xFF)
+        with Image.open(io.BytesIO(bytes(damaged))) as full:
+            full.load()  # the re-encode path's decode: it must not fail either
+        assert scan(normalize_image(bytes(damaged)).data) == scan(bytes(damaged))
