@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +19,7 @@ from flows.cli import (
     add_store_arguments,
     hide_run_error_tracebacks,
     print_error,
+    run_cli,
     settings_from_cli,
 )
 from imgrag.embedders import check_embedder
@@ -261,4 +261,4 @@ def preflight(params: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -17,6 +17,7 @@ from flows.cli import (
     config_error,
     hide_run_error_tracebacks,
     print_error,
+    run_cli,
     settings_from_cli,
 )
 from imgrag.errors import ConfigError, ImgragError
@@ -229,4 +230,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)
