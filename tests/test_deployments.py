@@ -138,10 +138,16 @@ def test_prefect_deploy_all_creates_the_declared_deployments_and_the_server_enfo
 
 def start_two_runs(api_url: str, target: DeploymentResponse) -> list[State]:
     """Create two runs of ``target`` and ask the server to let both start (go Pending), as
-    a worker does; the states the server answers with."""
+    a worker does; the states the server answers with. The runs are deleted then: the one
+    held back is rescheduled ~30 s later, and a runner serving the deployment by then (the
+    serve test, on a loaded machine) would pick it up and run an ingest."""
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         runs = [client.create_flow_run_from_deployment(target.id) for _ in range(2)]
-        return [client.set_flow_run_state(run.id, Pending()).state for run in runs]
+        try:
+            return [client.set_flow_run_state(run.id, Pending()).state for run in runs]
+        finally:
+            for run in runs:
+                client.delete_flow_run(run.id)
 
 
 def test_serve_registers_ingest_and_query_with_the_schedule_and_pauses_on_stop(
