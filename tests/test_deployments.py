@@ -136,6 +136,13 @@ def test_prefect_deploy_all_creates_the_declared_deployments_and_the_server_enfo
     assert [s.name for s in start_two_runs(prefect_server, shard)] == ["Pending", "Pending"]
 
 
+def default_sigint() -> None:
+    """In a child, before exec: SIGINT back to its default. A suite started as a background
+    job (``make test &``) ignores SIGINT and children inherit that, so Python in them never
+    raises KeyboardInterrupt and ``serve`` would not stop (and pause) on Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_two_runs(api_url: str, target: DeploymentResponse) -> list[State]:
     """Create two runs of ``target`` and ask the server to let both start (go Pending), as
     a worker does; the states the server answers with. The runs are deleted then: the one
@@ -157,7 +164,8 @@ def test_serve_registers_ingest_and_query_with_the_schedule_and_pauses_on_stop(
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "deployments/serve.py", "--source", SOURCE, "--collection", "served"],
-            cwd=REPO, env=cli_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=REPO, env=cli_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=default_sigint)
     try:
         def served() -> bool:  # registered by serve.py, and its runner is polling for runs
             try:
