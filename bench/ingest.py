@@ -23,8 +23,9 @@ Per phase: wall time, images/s, Bedrock invoke requests (retries included) and 4
 emulator's counters), S3 GetObject requests (moto's server-side request recorder) and the
 peak RSS of this process during the phase. Then, as subprocesses run the way a user runs
 them: ``--rss-images A,B`` first ingests of nested prefixes holding exactly A and B objects
-(peak RSS of each child from ``wait4``), and the Prefect overhead (``import prefect``, an
-empty-prefix CLI run against the running server, the same in ephemeral mode).
+(peak RSS of each child from ``wait4``), and the Prefect overhead (``import prefect``, the
+CLI's start-up and exit alone (``--help``), an empty-prefix CLI run against the running
+server, the same in ephemeral mode).
 """
 
 from __future__ import annotations
@@ -286,6 +287,9 @@ class Bench:
             "import_prefect_s": run_child([python, "-c", "import prefect"], self.env).wall_s,
             "import_flows_ingest_s": run_child([python, "-c", "import flows.ingest"], self.env,
                                                cwd=REPO).wall_s,
+            # the CLI's own start-up (its imports run with the collector paused) and exit
+            "cli_help_s": run_child([python, "-m", "flows.ingest", "--help"], self.env,
+                                    cwd=REPO).wall_s,
         }
         ephemeral = {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
         ephemeral["PREFECT_HOME"] = str(self.workdir / "prefect-ephemeral")
