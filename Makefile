@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean ui
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .demo  # never the store (./chroma_images_db) or the ledger (./.imgrag)
+
+# The Prefect UI over the demo's Prefect home: its flow runs, logs and artifacts.
+UI_PORT ?= 4200
+ui: $(STAMP)
+	@test -d .demo/prefect || { echo "make ui: run 'make demo' first"; exit 2; }
+	PREFECT_HOME=.demo/prefect PREFECT_UI_API_URL=http://127.0.0.1:$(UI_PORT)/api \
+	PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT)

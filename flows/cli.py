@@ -7,29 +7,46 @@ import gc
 import logging
 import re
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn
-
-from prefect.logging.handlers import PrefectConsoleHandler
-from pydantic import ValidationError
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from imgrag.errors import ConfigError, ImgragError
-from imgrag.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: --help and flag errors stay fast
+    from pydantic import ValidationError
+
+    from imgrag.settings import Settings
 
 
 def run_cli(main: Callable[[], int]) -> NoReturn:
     """Run a CLI's ``main`` as this process and exit with its status.
 
     The ~200k objects a CLI imports (Prefect, Chroma, boto3) are never garbage, yet the
-    collector's full passes over them cost ≈ 0.25 s while importing (``flows/__init__.py``
-    pauses it) and ≈ 0.5 s at interpreter exit. So they are frozen out of its sight
-    (``gc.freeze``) before the run, and everything is frozen again before exiting.
+    collector's full passes over them cost ≈ 0.25 s while importing (see ``quiet_gc``)
+    and ≈ 0.5 s at interpreter exit, so everything is frozen out of its sight before
+    exiting. An interrupt is one line, never a traceback.
     """
     gc.freeze()
-    gc.enable()
-    code = main()
+    gc.enable()  # flows/__init__.py paused it for the CLI module's own imports
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before main's own handler was reached
+        code = print_interrupted("command")
     gc.freeze()
     sys.exit(code)
+
+
+@contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Import the heavy libraries (Prefect, Chroma, boto3) with the collector paused, then
+    freeze what they created out of its sight: they are never garbage."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +73,10 @@ def config_error(exc: ValidationError) -> ConfigError:
 def settings_from_cli(**overrides: Any) -> Settings:
     """Settings from the environment with non-None flags (or flow parameters) on top;
     ConfigError (one line) if a value is invalid."""
+    from pydantic import ValidationError
+
+    from imgrag.settings import Settings
+
     try:
         settings = Settings.from_overrides(**overrides)
     except ValidationError as exc:
@@ -68,8 +89,26 @@ def settings_from_cli(**overrides: Any) -> Settings:
 
 def print_error(exc: ImgragError) -> int:
     """Print ``exc`` as the CLI's one error line; the exit status for it (2)."""
-    print(f"imgrag: error: {exc}", file=sys.stderr)
+    print(f"imgrag: error: {safe_text(str(exc))}", file=sys.stderr)
     return 2
+
+
+def print_interrupted(what: str) -> int:
+    """The one line for Ctrl-C; the exit status for it (130, as shells report SIGINT)."""
+    print(f"imgrag: interrupted: {what} stopped (batches already embedded are stored)",
+          file=sys.stderr)
+    return 130
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def safe_text(text: str) -> str:
+    """``text`` fit for a terminal: control characters (ESC, CR, ...) and undecodable
+    bytes shown as escapes, so an object key cannot move the cursor or clear the screen.
+    ``--json`` output is exact instead."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape",
+                                                       "backslashreplace").decode(), text)
 
 
 # How Prefect states a run ended by an exception: ``Failed('Task run encountered an
@@ -107,6 +146,8 @@ _RUN_ERROR_FILTER = _RunErrorFilter()
 
 def hide_run_error_tracebacks() -> None:
     """Keep Prefect's console handler from printing run-level errors the CLI reports."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler) and _RUN_ERROR_FILTER not in handler.filters:
             handler.addFilter(_RUN_ERROR_FILTER)

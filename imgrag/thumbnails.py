@@ -41,8 +41,7 @@ from pydantic import BaseModel, Field
 from imgrag.normalize import NormalizeError, normalize_image
 from imgrag.records import Hit, SourceObject
 from imgrag.settings import Settings
-from imgrag.sources import FetchError, LocalSource, S3Source
-from imgrag.sources.s3 import make_s3_client
+from imgrag.sources import FetchError, LocalSource
 
 THUMBNAIL_SIDE = 256  # px: the size cached for every shown hit
 THUMBNAIL_DIR = "thumbnails"
@@ -167,6 +166,8 @@ class ThumbnailLoader:
         if obj.size > self.settings.max_object_bytes:
             raise FetchError(f"object is {obj.size} bytes, above the limit", permanent=True)
         if hit.id.startswith("s3://"):
+            from imgrag.sources.s3 import S3Source
+
             return S3Source(obj.bucket, "", self._s3()).fetch(obj)
         if hit.id.startswith("file://"):
             return LocalSource(local_root(hit.id, obj.key)).fetch(obj)
@@ -175,6 +176,8 @@ class ThumbnailLoader:
     def _s3(self) -> Any:
         with self._lock:
             if self._s3_client is None:
+                from imgrag.sources.s3 import make_s3_client  # boto3: only when needed
+
                 self._s3_client = make_s3_client(self.settings.region, max_pool=_MAX_WORKERS)
             return self._s3_client
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import chromadb
 import pytest
 
-from flows.ingest import MAX_BATCHES_IN_FLIGHT, ingest_flow
+from flows.ingest_flow import MAX_BATCHES_IN_FLIGHT, ingest_flow
 from tests import corpus
 from tests.processes import kill_group, spawn_ingest, wait_until
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from imgrag.ledger import FailureLedger
 from imgrag.pipeline import LEDGER_NAME
 from tests import corpus

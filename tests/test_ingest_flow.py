@@ -7,8 +7,8 @@ from pathlib import Path
 import chromadb
 import pytest
 
-from flows.ingest import ingest_flow
-from flows.query import query_flow
+from flows.ingest_flow import ingest_flow
+from flows.query_flow import query_flow
 from tests.conftest import COLOURS, image_bytes
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
