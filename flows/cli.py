@@ -103,6 +103,19 @@ def print_interrupted(what: str) -> int:
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
+def require_utf8(flag: str, value: str | None) -> None:
+    """ConfigError when a command-line value holds bytes that are not UTF-8 (Python keeps
+    them as lone surrogates; they cannot be embedded, stored or printed)."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        name = "the query text" if flag == "text" else f"--{flag.replace('_', '-')}"
+        raise ConfigError(f"{name} is not valid UTF-8 (check the terminal's locale): "
+                          f"{safe_text(value)}") from None
+
+
 def safe_text(text: str) -> str:
     """``text`` fit for a terminal: control characters (ESC, CR, ...) and undecodable
     bytes shown as escapes, so an object key cannot move the cursor or clear the screen.

@@ -22,6 +22,7 @@ from flows.cli import (
     print_error,
     print_interrupted,
     quiet_gc,
+    require_utf8,
     run_cli,
     safe_text,
     settings_from_cli,
@@ -31,8 +32,8 @@ from imgrag.errors import ConfigError, ImgragError
 from imgrag.summarize import DEFAULT_OPENAI_MODEL, DEFAULT_SUMMARY_IMAGES
 
 if TYPE_CHECKING:
-    from imgrag.query import SearchRequest
     from imgrag.records import Hit
+    from imgrag.request import SearchRequest
     from imgrag.settings import Settings
     from imgrag.summarize import Summary
     from imgrag.thumbnails import ThumbnailLoader
@@ -107,8 +108,10 @@ def build_request(args: argparse.Namespace) -> SearchRequest:
     from pydantic import ValidationError
 
     from imgrag.filters import QueryFilters, parse_date
-    from imgrag.query import SearchRequest, check_image_ref, parse_where
+    from imgrag.request import SearchRequest, check_image_ref, parse_where
 
+    for flag in ("text", "prefix", "bucket", "where", "collection"):
+        require_utf8(flag, getattr(args, flag))
     if args.summary_images < 1:
         raise ConfigError("--summary-images must be at least 1")
     if args.exclude_self and args.image is None:

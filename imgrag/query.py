@@ -8,64 +8,23 @@ is itself indexed is searched with its stored vector (no download, no Bedrock ca
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
-
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder
 from imgrag.errors import ConfigError, EmbeddingError
-from imgrag.filters import QueryFilters, combine_where
+from imgrag.filters import combine_where
 from imgrag.normalize import NormalizeError
 from imgrag.pipeline import normalize_for_model
 from imgrag.records import Hit
+from imgrag.request import SearchRequest, image_ref_uri
 from imgrag.settings import Settings
 from imgrag.sources.base import FetchError
-from imgrag.sources.s3 import make_s3_client, parse_s3_uri, read_object
+from imgrag.sources.s3 import make_s3_client, read_object
+from imgrag.sources.s3_uri import parse_s3_uri
 from imgrag.store import ImageStore, check_where, chroma_errors
 from imgrag.text_cache import TEXT_CACHE_NAME, TextEmbeddingCache
-
-
-def parse_where(text: str | None) -> dict[str, Any] | None:
-    """A Chroma metadata filter given as JSON on the command line; ConfigError when it is
-    not JSON or not a filter Chroma accepts."""
-    if not text:
-        return None
-    try:
-        where = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--where is not valid JSON: {exc.msg}") from None
-    if not isinstance(where, dict):
-        raise ConfigError("--where must be a JSON object, e.g. '{\"bucket\": \"photos\"}'")
-    check_where(where)
-    return where
-
-
-class SearchRequest(BaseModel):
-    """One search: a text or an example image, how many hits, and what to keep."""
-
-    text: str | None = None
-    image: str | None = Field(None, description="Local path or s3:// URI of an example image.")
-    k: int = Field(8, ge=1)
-    where: dict[str, Any] | None = None
-    filters: QueryFilters = Field(default_factory=QueryFilters)
-    exclude_self: bool = Field(False, description="Drop the example image's own record.")
-    max_distance: float | None = Field(None, ge=0, description="Drop hits farther than this.")
-
-    @model_validator(mode="after")
-    def _one_query(self) -> SearchRequest:
-        if (self.text is None) == (self.image is None):
-            raise ValueError("give a query text or an example image, not both")
-        if self.text is not None and not self.text.strip():
-            raise ValueError("the query text is empty")
-        return self
-
-    @property
-    def label(self) -> str:
-        """How the query is shown in reports: the text, or ``image <ref>``."""
-        return self.text if self.text is not None else f"image {self.image}"
 
 
 def cut_by_distance(hits: Sequence[Hit], max_distance: float | None) -> list[Hit]:
@@ -99,23 +58,6 @@ def search_text(
     except EmbedFailed as exc:
         raise EmbeddingError(f"cannot embed the query text: {exc.reason}") from None
     return cut_by_distance(store.query(vector, k=k, where=where), max_distance)
-
-
-def image_ref_uri(ref: str) -> str:
-    """The record id an image reference would have if indexed (``s3://…`` or ``file://…``)."""
-    if ref.startswith("s3://"):
-        bucket, key = parse_s3_uri(ref)
-        if not key or key.endswith("/"):
-            raise ConfigError(f"{ref!r} names a prefix, not an image object")
-        return f"s3://{bucket}/{key}"
-    return Path(ref).expanduser().resolve().as_uri()
-
-
-def check_image_ref(ref: str) -> None:
-    """ConfigError for a malformed S3 URI or a missing local file (reads nothing)."""
-    image_ref_uri(ref)
-    if not ref.startswith("s3://") and not Path(ref).expanduser().is_file():
-        raise ConfigError(f"image file {ref!r} not found")
 
 
 def read_image_ref(ref: str, settings: Settings, s3_client: Any = None) -> bytes:

@@ -24,6 +24,7 @@ from deployments.serve import build_deployments, main
 from flows.ingest_flow import ingest_flow
 from imgrag.emulators.chroma_server import free_port
 from imgrag.errors import ConfigError
+from tests.processes import default_sigint
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -134,13 +135,6 @@ def test_prefect_deploy_all_creates_the_declared_deployments_and_the_server_enfo
     assert [s.name for s in start_two_runs(prefect_server, ingest)] == [
         "Pending", "AwaitingConcurrencySlot"]
     assert [s.name for s in start_two_runs(prefect_server, shard)] == ["Pending", "Pending"]
-
-
-def default_sigint() -> None:
-    """In a child, before exec: SIGINT back to its default. A suite started as a background
-    job (``make test &``) ignores SIGINT and children inherit that, so Python in them never
-    raises KeyboardInterrupt and ``serve`` would not stop (and pause) on Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_two_runs(api_url: str, target: DeploymentResponse) -> list[State]:

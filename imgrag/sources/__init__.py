@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 from imgrag.settings import Settings
 from imgrag.sources.base import IMAGE_EXTENSIONS, FetchError, Source, is_image_key
 from imgrag.sources.local import LocalSource
+from imgrag.sources.s3_uri import parse_s3_uri
 
 if TYPE_CHECKING:
-    from imgrag.sources.s3 import S3Source, make_s3_client, parse_s3_uri
+    from imgrag.sources.s3 import S3Source, make_s3_client
 
-_S3_NAMES = ("S3Source", "make_s3_client", "parse_s3_uri")
+_S3_NAMES = ("S3Source", "make_s3_client")
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -41,9 +42,9 @@ def __getattr__(name: str) -> Any:
 def open_source(source: str, settings: Settings, s3_client: Any = None) -> Source:
     """``s3://bucket/prefix`` → S3Source; anything else is a local folder path."""
     if source.startswith("s3://"):
-        from imgrag.sources.s3 import S3Source, make_s3_client, parse_s3_uri
+        bucket, prefix = parse_s3_uri(source)  # a bad URI is refused before boto3 loads
+        from imgrag.sources.s3 import S3Source, make_s3_client
 
-        bucket, prefix = parse_s3_uri(source)
         client = s3_client or make_s3_client(settings.region, max_pool=settings.concurrency)
         return S3Source(bucket, prefix, client)
     state = settings.resolved_state_dir
