@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
+	$(BIN)/python -m bench.cli --busy 1
 	$(BIN)/python -m bench.normalize
 	$(BIN)/python -m bench.query
 	$(BIN)/python -m bench.ingest

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from imgrag.errors import ImgragError
-from imgrag.records import Hit
 
-if TYPE_CHECKING:  # a CLI's --help reads the defaults below without loading Pillow
+if TYPE_CHECKING:  # a CLI's --help reads the defaults below: they load nothing heavy
+    from imgrag.records import Hit
     from imgrag.settings import Settings
     from imgrag.thumbnails import Thumbnail, ThumbnailLoader
 
