@@ -82,6 +82,17 @@ def chroma_errors(action: str) -> Iterator[None]:
         raise StoreError(f"cannot {action}: {_one_line(exc)}") from None
 
 
+def distance_space(collection: Any) -> str:
+    """The distance function of a collection's vector index ("cosine", "l2", "ip"); Chroma's
+    default, "l2", when its configuration does not say."""
+    config = getattr(collection, "configuration", None) or {}
+    for index in ("hnsw", "spann"):
+        space = (config.get(index) or {}).get("space")
+        if space:
+            return str(space)
+    return str((collection.metadata or {}).get("hnsw:space", "l2"))
+
+
 class ImageStore:
     """One Chroma collection of image vectors (cosine space) with imgrag's metadata."""
 
@@ -136,7 +147,8 @@ class ImageStore:
         return (self.collection.metadata or {}).get("dim")
 
     def check_vector_space(self, model_id: str, dim: int) -> None:
-        """Refuse to mix vector spaces in one collection, or to write a newer schema."""
+        """Refuse to mix vector spaces in one collection, to measure distances other than
+        cosine, or to read a schema this imgrag does not know."""
         if self.model_id is None:
             raise StoreError(
                 f"collection {self.collection.name!r} was not created by imgrag"
@@ -148,10 +160,21 @@ class ImageStore:
                 f" {self.dim}, not {model_id} dim {dim}; use another --collection"
             )
         schema = (self.collection.metadata or {}).get("imgrag_schema", 1)
+        if type(schema) is not int or schema < 1:
+            raise StoreError(
+                f"collection {self.collection.name!r} has a malformed imgrag_schema"
+                f" ({schema!r:.40}); use another --collection"
+            )
         if schema > SCHEMA_VERSION:
             raise StoreError(
                 f"collection {self.collection.name!r} was written by a newer imgrag (schema"
                 f" {schema}, this one knows {SCHEMA_VERSION}); upgrade imgrag"
+            )
+        space = distance_space(self.collection)
+        if space != "cosine":
+            raise StoreError(
+                f"collection {self.collection.name!r} measures {space} distance, not cosine"
+                " (distances and --max-distance would be wrong); use another --collection"
             )
 
     def count(self) -> int:

@@ -100,7 +100,8 @@ def test_collection_older_than_dirs_is_read_whole_and_stays_exact(settings):
     then never be swept), so the bucket is read and filtered by id."""
     client = ImageStore.open(settings).client
     client.delete_collection(settings.collection)
-    client.create_collection(settings.collection, embedding_function=None, metadata={
+    client.create_collection(settings.collection, embedding_function=None,
+                             configuration={"hnsw": {"space": "cosine"}}, metadata={
         "model_id": settings.model_id, "dim": settings.dim, "imgrag_schema": 1})
     store = ImageStore.open(settings)
     add(store, {"s3://b/a/1.jpg": {"bucket": "b", "etag": "old"},
