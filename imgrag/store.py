@@ -16,6 +16,7 @@ from chromadb.api.types import validate_where
 from chromadb.config import Settings as ChromaSettings
 
 from imgrag.errors import ConfigError, ImgragError, StoreError
+from imgrag.filters import stored_folder
 from imgrag.records import Hit, Indexed
 from imgrag.settings import Settings
 
@@ -214,15 +215,15 @@ class ImageStore:
         }
 
     def _scope_folder(self, bucket: str, scope: str) -> str:
-        """The folder (up to the last "/") of an S3 scope's prefix, when ``dirs`` can find
-        its records: "" for a whole bucket, a local folder (keys are relative to the folder
-        listed, not to one root) or a collection older than ``dirs`` (schema 1)."""
+        """The folder of an S3 scope's prefix that ``dirs`` holds (its own, or its deepest
+        stored ancestor), when ``dirs`` can find its records: "" for a whole bucket, a local
+        folder (keys are relative to the folder listed, not to one root) or a collection
+        older than ``dirs`` (schema 1)."""
         head = f"s3://{bucket}/"
         schema = (self.collection.metadata or {}).get("imgrag_schema", 1)
         if not bucket or not scope.startswith(head) or schema < 2:
             return ""
-        prefix = scope[len(head) :]
-        return prefix[: prefix.rfind("/") + 1]
+        return stored_folder(scope[len(head) :])
 
     def upsert(
         self,
