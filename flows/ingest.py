@@ -25,7 +25,7 @@ from flows.cli import (
 from imgrag.embedders import check_embedder
 from imgrag.errors import ConfigError, ImgragError
 from imgrag.lock import check_unlocked, writer_lock
-from imgrag.pipeline import Runtime, close_runtime, hold_runtime
+from imgrag.pipeline import Runtime, close_runtime, hold_runtime, refresh_records
 from imgrag.records import BatchResult, IngestReport, SourceObject
 from imgrag.sources import check_source
 from imgrag.store import make_chroma_client
@@ -142,6 +142,7 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         for future in in_flight:  # a batch failed: let the others finish their upserts
             future.wait()
 
+    refreshed = refresh_records(rt, planner.refreshed)
     sweep = planner.sweep(listing.unreadable, settings.max_delete_fraction, allow_mass_delete)
     if listing.unreadable:
         report.warnings.append(
@@ -156,7 +157,8 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     report = report.model_copy(update={
         "listed": plan.listed, "ignored": listing.ignored, "new": plan.new,
         "changed": plan.changed, "unchanged": plan.unchanged, "skipped": plan.skipped,
-        "deleted": len(sweep.deleted), "deletions_withheld": sweep.withheld,
+        "deleted": len(sweep.deleted), "refreshed": refreshed,
+        "deletions_withheld": sweep.withheld,
         "stale_removed": report.stale_removed + len(sweep.stale),
         "failed": len(report.failures),
         "unreadable": len(listing.unreadable),

@@ -198,8 +198,8 @@ class ImageStore:
             offset += len(ids)
 
     def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
-        """id → (ETag, normalize version) of every record whose id starts with ``scope``
-        (a URI prefix).
+        """id → (ETag, normalize version, last_modified, size) of every record whose id
+        starts with ``scope`` (a URI prefix).
 
         Chroma reads only the bucket's records under the scope's folder (``dirs`` contains
         it) when it can; the id prefix test is the exact check either way.
@@ -209,7 +209,8 @@ class ImageStore:
         if folder:
             where = {"$and": [where, {"dirs": {"$contains": folder}}]}
         return {
-            record_id: Indexed(str(meta.get("etag", "")), int(meta.get("normalize_version", 0)))
+            record_id: Indexed(str(meta.get("etag", "")), int(meta.get("normalize_version", 0)),
+                               str(meta.get("last_modified", "")), int(meta.get("size", -1)))
             for record_id, meta in self.iter_metadata(where)
             if record_id.startswith(scope)
         }
@@ -239,6 +240,15 @@ class ImageStore:
                 embeddings=[list(e) for e in embeddings[start:end]],
                 metadatas=[dict(m) for m in metadatas[start:end]],
             )
+
+    def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
+        """Merge fields into the metadata of existing records (vectors untouched; ids no
+        longer stored are skipped), in chunks."""
+        with chroma_errors(f"update records of collection {self.collection.name!r}"):
+            for start in range(0, len(ids), self.max_batch):
+                end = start + self.max_batch
+                self.collection.update(ids=list(ids[start:end]),
+                                       metadatas=[dict(m) for m in metadatas[start:end]])
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove records by id, in chunks."""
