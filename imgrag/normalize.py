@@ -42,7 +42,9 @@ from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 NORMALIZE_VERSION: int = 1
 """Bump whenever the picture the model sees for a given input changes (stored in record
-metadata: older records are embedded again); not for byte-level changes to the same picture."""
+metadata: older records are embedded again); not for byte-level changes to the same picture.
+Not bumped when ICC profiles began to be applied: only images tagged with a non-sRGB profile
+look different, and a bump would re-embed (and bill) every record of every index."""
 
 MAX_SOURCE_PIXELS = 89_478_485
 """Default declared-pixel limit: Pillow's own decompression-bomb limit
