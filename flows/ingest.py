@@ -82,8 +82,8 @@ def print_report(report: IngestReport, as_json: bool) -> None:
         print(json.dumps(report.model_dump(mode="json"), indent=2))
         return
     print(f"source      {safe_text(report.source)}\ncollection  {report.collection}")
-    for name in ("listed", "new", "changed", "deleted", "unchanged", "skipped", "failed",
-                 "embedded", "ignored"):
+    for name in ("listed", "new", "changed", "deleted", "unchanged", "refreshed", "skipped",
+                 "failed", "embedded", "ignored"):
         print(f"{name:<11} {getattr(report, name)}")
     print(f"duration    {report.duration_s:.1f}s ({report.images_per_s:.1f} images/s), "
           f"Bedrock images billed {report.billed_images},"

@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.cli import settings_from_cli
 from imgrag.errors import ConfigError
 from imgrag.lock import writer_lock
-from imgrag.pipeline import Runtime, close_runtime, hold_runtime
+from imgrag.pipeline import Runtime, close_runtime, hold_runtime, refresh_records
 from imgrag.records import BatchResult, IngestReport, SourceObject
 from imgrag.sync import ScopePlanner, parse_shard
 from tasks.guard import exclusive_ingest
@@ -129,6 +129,7 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         for future in in_flight:  # a batch failed: let the others finish their upserts
             future.wait()
 
+    refreshed = refresh_records(rt, planner.refreshed)
     sweep = planner.sweep(listing.unreadable, settings.max_delete_fraction, allow_mass_delete)
     if listing.unreadable:
         report.warnings.append(
@@ -143,7 +144,8 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     report = report.model_copy(update={
         "listed": plan.listed, "ignored": listing.ignored, "new": plan.new,
         "changed": plan.changed, "unchanged": plan.unchanged, "skipped": plan.skipped,
-        "deleted": len(sweep.deleted), "deletions_withheld": sweep.withheld,
+        "deleted": len(sweep.deleted), "refreshed": refreshed,
+        "deletions_withheld": sweep.withheld,
         "stale_removed": report.stale_removed + len(sweep.stale),
         "failed": len(report.failures),
         "unreadable": len(listing.unreadable),

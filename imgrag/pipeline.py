@@ -140,8 +140,6 @@ def record_metadata(
         "bucket": obj.bucket,
         "key": obj.key,
         "etag": obj.etag,
-        "size": obj.size,
-        "last_modified": obj.last_modified.isoformat() if obj.last_modified else "",
         "width": image.source_width,
         "height": image.source_height,
         "format": image.source_format or "",
@@ -150,8 +148,22 @@ def record_metadata(
         "normalize_version": NORMALIZE_VERSION,
         "ingested_at": datetime.now(UTC).isoformat(),
         "run_id": run_id,
-        **filter_metadata(obj),
+        **listing_metadata(obj),
     }
+
+
+def listing_metadata(obj: SourceObject) -> dict[str, Any]:
+    """The metadata a listing alone decides (size, dates, the filter helpers): what a new
+    upload of the same bytes may change."""
+    return {"size": obj.size, "last_modified": obj.last_modified_text, **filter_metadata(obj)}
+
+
+def refresh_records(rt: Runtime, objects: Sequence[SourceObject]) -> int:
+    """Rewrite the listing metadata of unchanged records (no download, no embedding), in
+    batched updates; the number of records given."""
+    if objects:
+        rt.store.update_metadata([o.uri for o in objects], [listing_metadata(o) for o in objects])
+    return len(objects)
 
 
 def normalize_for_model(data: bytes, embedder: Embedder, settings: Settings) -> NormalizedImage:

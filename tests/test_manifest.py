@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from imgrag.filters import key_dirs
-from imgrag.records import Indexed
+from imgrag.filters import QueryFilters, filter_metadata, key_dirs
+from imgrag.query import SearchRequest, resolve_where
+from imgrag.records import Indexed, SourceObject
 from imgrag.settings import Settings
 from imgrag.store import ImageStore
 
@@ -100,7 +101,8 @@ def test_collection_older_than_dirs_is_read_whole_and_stays_exact(settings):
     then never be swept), so the bucket is read and filtered by id."""
     client = ImageStore.open(settings).client
     client.delete_collection(settings.collection)
-    client.create_collection(settings.collection, embedding_function=None, metadata={
+    client.create_collection(settings.collection, embedding_function=None,
+                             configuration={"hnsw": {"space": "cosine"}}, metadata={
         "model_id": settings.model_id, "dim": settings.dim, "imgrag_schema": 1})
     store = ImageStore.open(settings)
     add(store, {"s3://b/a/1.jpg": {"bucket": "b", "etag": "old"},
@@ -113,3 +115,45 @@ def test_collection_older_than_dirs_is_read_whole_and_stays_exact(settings):
 
 def test_new_collections_declare_the_dirs_schema(store):
     assert store.collection.metadata["imgrag_schema"] >= 2
+
+
+DEEP = "a/" * 300  # 600 characters, 300 folder levels
+DEEP_KEYS = [*(f"{DEEP}{'x/' * 200}{i}.jpg" for i in range(10)),  # ~1 KB keys of slashes
+             *(f"{DEEP}{'y/' * 200}{i}.jpg" for i in range(10)), "/" * 1000 + "z.jpg", "a/top.jpg"]
+
+
+@pytest.fixture
+def deep_store(store) -> ImageStore:
+    metas = {}
+    for key in DEEP_KEYS:
+        obj = SourceObject(uri=f"s3://b/{key}", bucket="b", key=key, etag="e", size=1)
+        metas[obj.uri] = {"bucket": "b", "key": key, "etag": "e", "source_uri": obj.uri,
+                          **filter_metadata(obj)}
+    add(store, metas)
+    return store
+
+
+def test_dirs_of_deep_keys_stay_small(deep_store, settings):
+    stored = deep_store.collection.get(include=["metadatas"])["metadatas"]
+    for meta in stored:
+        assert len(meta.get("dirs", [])) <= 16
+        assert sum(map(len, meta.get("dirs", []))) <= 4096
+    # 22 records; every ancestor of each key made this ~40 MB
+    assert (settings.chroma_path / "chroma.sqlite3").stat().st_size < 4_000_000
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [
+    (DEEP + "x/" * 200, DEEP_KEYS[:10]),
+    (DEEP + "y/" * 200 + "3", [DEEP_KEYS[13]]),
+    (DEEP + "y/", DEEP_KEYS[10:20]),
+    ("/" * 500, [DEEP_KEYS[20]]),
+    ("a/", [*DEEP_KEYS[:20], "a/top.jpg"]),
+])
+def test_manifest_and_prefix_query_stay_exact_below_the_stored_folders(deep_store, prefix,
+                                                                        expected):
+    assert sorted(deep_store.manifest("b", f"s3://b/{prefix}")) == sorted(
+        f"s3://b/{key}" for key in expected)
+
+    request = SearchRequest(text="x", filters=QueryFilters(prefix=prefix))
+    hits = deep_store.query(vector(0), k=len(DEEP_KEYS), where=resolve_where(deep_store, request))
+    assert sorted(h.metadata["key"] for h in hits) == sorted(expected)
