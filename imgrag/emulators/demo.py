@@ -39,6 +39,10 @@ PALETTE = {
 ITEMS = ("shirt", "mug", "sneaker")
 SERVER_BUDGET_S = 240  # a first start migrates a new database: ~15 s idle, far more when busy
 UI_PORT = 4200
+# Server loops the demo has no use for (no schedules, workers, automations or leases):
+# off, they take ~15% less CPU and wall time from a start on a busy 2-core machine.
+IDLE_SERVICES = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP",
+                 "PAUSE_EXPIRATIONS", "REPOSSESSOR", "TRIGGERS", "DB_VACUUM")
 
 
 class StepFailed(Exception):
@@ -92,11 +96,12 @@ def prefect_server(env: dict[str, str], log_path: Path
     """``prefect server start`` on a free loopback port (no UI: ``make ui`` serves that);
     yields its API URL and process as soon as it is started; stops it on exit."""
     port = free_port()
+    lean = env | {f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in IDLE_SERVICES}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [*prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(port),
              "--no-ui", "--analytics-off"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=lean, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     try:
         yield f"http://127.0.0.1:{port}/api", proc
