@@ -158,20 +158,16 @@ class ImageStore:
         return self.collection.count()
 
     def iter_metadata(self, where: Mapping[str, Any] | None = None) -> Iterator[tuple[str, dict]]:
-        """Every (id, metadata) matching ``where``, read in pages."""
-        offset = 0
-        while True:
-            page = self.collection.get(
-                where=dict(where) if where else None,
-                include=["metadatas"],
-                limit=_MANIFEST_PAGE,
-                offset=offset,
-            )
-            ids = page["ids"]
-            yield from zip(ids, page["metadatas"], strict=True)
-            if len(ids) < _MANIFEST_PAGE:
-                return
-            offset += len(ids)
+        """Every (id, metadata) matching ``where``: the matching ids first (ids only, one
+        read), then their metadata by id in pages. Pages by offset would skip live records
+        when others are deleted during the read (another shard's sweep); a snapshot of ids
+        cannot: a record deleted meanwhile is just not returned."""
+        where = dict(where) if where else None
+        ids = self.collection.get(where=where, include=[])["ids"]
+        for start in range(0, len(ids), _MANIFEST_PAGE):
+            page = self.collection.get(ids=ids[start : start + _MANIFEST_PAGE], where=where,
+                                       include=["metadatas"])
+            yield from zip(page["ids"], page["metadatas"], strict=True)
 
     def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
         """id → (ETag, normalize version) of every record whose id starts with ``scope``
