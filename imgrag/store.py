@@ -6,8 +6,12 @@ dimension it was created with; opening it for another vector space is an error.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import urlparse
 
@@ -21,6 +25,7 @@ from imgrag.settings import Settings
 
 SCHEMA_VERSION = 2  # 2: every record of the collection carries ``dirs`` (imgrag.filters)
 _MANIFEST_PAGE = 5000
+_WRITE_BACKOFF_S = 0.5  # before the second attempt of a write; doubles, with jitter
 
 
 def make_chroma_client(settings: Settings) -> Any:
@@ -85,10 +90,14 @@ def chroma_errors(action: str) -> Iterator[None]:
 class ImageStore:
     """One Chroma collection of image vectors (cosine space) with imgrag's metadata."""
 
-    def __init__(self, client: Any, collection: Any) -> None:
+    def __init__(self, client: Any, collection: Any, write_attempts: int = 1) -> None:
         self.client = client
         self.collection = collection
         self.max_batch = client.get_max_batch_size()
+        self.write_attempts = write_attempts
+        self._writes = threading.Condition()
+        self._retrying = 0  # writes waiting to be retried now
+        self._broken: str | None = None  # why the writes gave up, once they have
 
     @classmethod
     def open(
@@ -123,7 +132,7 @@ class ImageStore:
             raise
         except Exception as exc:
             raise StoreError(f"cannot open collection {name!r}: {_one_line(exc)}") from None
-        store = cls(client, collection)
+        store = cls(client, collection, settings.store_write_attempts)
         store.check_vector_space(settings.model_id, settings.dim)
         return store
 
@@ -203,19 +212,64 @@ class ImageStore:
         embeddings: Sequence[Sequence[float]],
         metadatas: Sequence[Mapping[str, Any]],
     ) -> None:
-        """Add or replace records by id, in chunks the server accepts."""
+        """Add or replace records by id, in chunks the server accepts (see ``_write``)."""
         for start in range(0, len(ids), self.max_batch):
             end = start + self.max_batch
-            self.collection.upsert(
+            self._write(f"write {len(ids[start:end])} records", partial(
+                self.collection.upsert,
                 ids=list(ids[start:end]),
                 embeddings=[list(e) for e in embeddings[start:end]],
                 metadatas=[dict(m) for m in metadatas[start:end]],
-            )
+            ))
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Remove records by id, in chunks."""
+        """Remove records by id, in chunks (see ``_write``)."""
         for start in range(0, len(ids), self.max_batch):
-            self.collection.delete(ids=list(ids[start : start + self.max_batch]))
+            chunk = list(ids[start : start + self.max_batch])
+            self._write(f"delete {len(chunk)} records", partial(self.collection.delete, ids=chunk))
+
+    def _write(self, action: str, write: Callable[[], None]) -> None:
+        """Run one write (idempotent: by id), retrying it alone with backoff when it fails,
+        so vectors already paid for are not thrown away; then a one-line StoreError.
+
+        While a write waits to be retried, and after one gave up (until one succeeds),
+        ``wait_writable`` holds back or refuses callers about to pay for more vectors."""
+        where = f"{action} to collection {self.collection.name!r}"
+        delay = _WRITE_BACKOFF_S
+        retrying = False
+        try:
+            for attempt in range(1, self.write_attempts + 1):
+                try:
+                    with chroma_errors(where):
+                        write()
+                except StoreError as exc:
+                    if attempt == self.write_attempts:
+                        with self._writes:
+                            self._broken = f"{exc} (after {attempt} attempts)"
+                        raise StoreError(self._broken) from None
+                else:
+                    with self._writes:
+                        self._broken = None
+                    return
+                if not retrying:
+                    retrying = True
+                    with self._writes:
+                        self._retrying += 1
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay *= 2
+        finally:
+            if retrying:
+                with self._writes:
+                    self._retrying -= 1
+                    self._writes.notify_all()
+
+    def wait_writable(self) -> None:
+        """Return when no write of this store waits to be retried; StoreError when the last
+        one gave up. Call it before paying for vectors that will have to be written."""
+        with self._writes:
+            self._writes.wait_for(lambda: self._broken is not None or not self._retrying)
+            if self._broken is not None:
+                raise StoreError(self._broken)
 
     def get(self, ids: Sequence[str]) -> dict[str, dict]:
         """id → metadata for the ids that exist."""
