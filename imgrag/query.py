@@ -23,6 +23,7 @@ from imgrag.pipeline import normalize_for_model
 from imgrag.records import Hit
 from imgrag.settings import Settings
 from imgrag.sources.base import FetchError
+from imgrag.sources.local import read_regular_file
 from imgrag.sources.s3 import make_s3_client, parse_s3_uri, read_object
 from imgrag.store import ImageStore, check_where, chroma_errors
 from imgrag.text_cache import TEXT_CACHE_NAME, TextEmbeddingCache
@@ -128,15 +129,15 @@ def read_image_ref(ref: str, settings: Settings, s3_client: Any = None) -> bytes
             return read_object(client, bucket, key, limit=limit)
         except FetchError as exc:
             raise ConfigError(f"cannot read {ref}: {exc.reason}") from None
-    path = Path(ref).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"image file {ref!r} not found")
-    if path.stat().st_size > limit:
-        raise ConfigError(f"{ref} is larger than {limit} bytes")
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {ref}: {exc.strerror}") from None
+        data = read_regular_file(Path(ref).expanduser(), limit)
+    except FileNotFoundError:
+        raise ConfigError(f"image file {ref!r} not found") from None
+    except FetchError as exc:
+        raise ConfigError(f"cannot read {ref}: {exc.reason}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{ref} is larger than {limit} bytes")
+    return data
 
 
 def embed_image_bytes(data: bytes, embedder: Embedder, settings: Settings) -> list[float]:
