@@ -244,9 +244,10 @@ class ImageStore:
                         write()
                 except StoreError as exc:
                     if attempt == self.write_attempts:
+                        message = f"{exc} (after {attempt} attempts)"
                         with self._writes:
-                            self._broken = f"{exc} (after {attempt} attempts)"
-                        raise StoreError(self._broken) from None
+                            self._broken = message
+                        raise StoreError(message) from None
                 else:
                     with self._writes:
                         self._broken = None
