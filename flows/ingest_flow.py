@@ -121,7 +121,8 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
                                        start=1):
             queued += len(batch)
             in_flight.append(ingest_batch.submit(plain, source, batch, run_id, number))
-            if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
+            # One batch alone until one was stored: a broken store costs one batch's bill.
+            if len(in_flight) >= (MAX_BATCHES_IN_FLIGHT if report.embedded else 1):
                 collect(in_flight.popleft(), listing_done=False)
         while in_flight:
             collect(in_flight.popleft(), listing_done=True)

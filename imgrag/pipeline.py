@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder
+from imgrag.errors import StoreError
 from imgrag.filters import filter_metadata
 from imgrag.ledger import FailureLedger
 from imgrag.normalize import NORMALIZE_VERSION, NormalizedImage, NormalizeError, normalize_image
@@ -187,6 +188,7 @@ class _Unit:
     failures: list[Failure] = field(default_factory=list)
     bytes_downloaded: int = 0
     billed_images: int = 0
+    store_error: StoreError | None = None  # not embedded: the store's writes gave up
 
 
 def _prepare(rt: Runtime, obj: SourceObject) -> tuple[NormalizedImage | None, Failure | None, int]:
@@ -222,12 +224,15 @@ def _run_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
             unit.images.append(image)
     if ready:
         try:
+            rt.store.wait_writable()  # pay for no vectors while the store cannot take them
             vectors = rt.embedder.embed_images([img.data for img in unit.images])
             unit.billed_images = len(vectors)  # failed calls are not billed
             if len(vectors) != len(ready):  # ids and vectors would be misaligned
                 raise EmbedFailed(f"model returned {len(vectors)} vectors for {len(ready)}"
                                   " images", permanent=False)
             unit.vectors = vectors
+        except StoreError as exc:
+            unit.store_error = exc
         except EmbedFailed as exc:
             unit.failures += [
                 Failure(id=o.uri, etag=o.etag, stage="embed", reason=exc.reason,
@@ -246,7 +251,8 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
     """Download, normalize and embed ``objects`` concurrently, then upsert the successes.
 
     Per-item problems become Failures (permanent ones go to the ledger); only run-level
-    errors (credentials, access, store) raise.
+    errors (credentials, access, store) raise. A store that cannot be written raises a
+    StoreError after the vectors already paid for were given every attempt to be stored.
     """
     started = time.perf_counter()
     step = rt.embedder.max_batch
@@ -264,6 +270,9 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
         rt.ledger.forget(ids)
     stale = remove_stale_records(rt, failures)
     rt.ledger.record(failures, run_id)  # after: a crash in between leaves no stale record
+    held_back = next((u.store_error for u in done if u.store_error is not None), None)
+    if held_back is not None:
+        raise held_back
     return BatchResult(
         upserted=len(ids),
         stale_removed=len(stale),

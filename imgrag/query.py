@@ -21,6 +21,7 @@ from imgrag.records import Hit
 from imgrag.request import SearchRequest, image_ref_uri
 from imgrag.settings import Settings
 from imgrag.sources.base import FetchError
+from imgrag.sources.local import read_regular_file
 from imgrag.sources.s3 import make_s3_client, read_object
 from imgrag.sources.s3_uri import parse_s3_uri
 from imgrag.store import ImageStore, check_where, chroma_errors
@@ -70,15 +71,15 @@ def read_image_ref(ref: str, settings: Settings, s3_client: Any = None) -> bytes
             return read_object(client, bucket, key, limit=limit)
         except FetchError as exc:
             raise ConfigError(f"cannot read {ref}: {exc.reason}") from None
-    path = Path(ref).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"image file {ref!r} not found")
-    if path.stat().st_size > limit:
-        raise ConfigError(f"{ref} is larger than {limit} bytes")
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {ref}: {exc.strerror}") from None
+        data = read_regular_file(Path(ref).expanduser(), limit)
+    except FileNotFoundError:
+        raise ConfigError(f"image file {ref!r} not found") from None
+    except FetchError as exc:
+        raise ConfigError(f"cannot read {ref}: {exc.reason}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{ref} is larger than {limit} bytes")
+    return data
 
 
 def embed_image_bytes(data: bytes, embedder: Embedder, settings: Settings) -> list[float]:

@@ -11,12 +11,16 @@ snapshot: a private copy of that file, next to links to the store's index folder
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sqlite3
 import tempfile
+import threading
+import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -32,6 +36,7 @@ from imgrag.settings import Settings
 
 SCHEMA_VERSION = 2  # 2: every record of the collection carries ``dirs`` (imgrag.filters)
 _MANIFEST_PAGE = 5000
+_WRITE_BACKOFF_S = 0.5  # before the second attempt of a write; doubles, with jitter
 
 
 def make_chroma_client(settings: Settings, *, read_only: bool = False) -> Any:
@@ -146,10 +151,14 @@ def distance_space(collection: Any) -> str:
 class ImageStore:
     """One Chroma collection of image vectors (cosine space) with imgrag's metadata."""
 
-    def __init__(self, client: Any, collection: Any) -> None:
+    def __init__(self, client: Any, collection: Any, write_attempts: int = 1) -> None:
         self.client = client
         self.collection = collection
         self.max_batch = client.get_max_batch_size()
+        self.write_attempts = write_attempts
+        self._writes = threading.Condition()
+        self._retrying = 0  # writes waiting to be retried now
+        self._broken: str | None = None  # why the writes gave up, once they have
         self.read_only = getattr(client, "imgrag_snapshot", False) is True
 
     def _check_writable(self) -> None:
@@ -190,7 +199,7 @@ class ImageStore:
             raise
         except Exception as exc:
             raise StoreError(f"cannot open collection {name!r}: {_one_line(exc)}") from None
-        store = cls(client, collection)
+        store = cls(client, collection, settings.store_write_attempts)
         store.check_vector_space(settings.model_id, settings.dim)
         return store
 
@@ -237,20 +246,16 @@ class ImageStore:
         return self.collection.count()
 
     def iter_metadata(self, where: Mapping[str, Any] | None = None) -> Iterator[tuple[str, dict]]:
-        """Every (id, metadata) matching ``where``, read in pages."""
-        offset = 0
-        while True:
-            page = self.collection.get(
-                where=dict(where) if where else None,
-                include=["metadatas"],
-                limit=_MANIFEST_PAGE,
-                offset=offset,
-            )
-            ids = page["ids"]
-            yield from zip(ids, page["metadatas"], strict=True)
-            if len(ids) < _MANIFEST_PAGE:
-                return
-            offset += len(ids)
+        """Every (id, metadata) matching ``where``: the matching ids first (ids only, one
+        read), then their metadata by id in pages. Pages by offset would skip live records
+        when others are deleted during the read (another shard's sweep); a snapshot of ids
+        cannot: a record deleted meanwhile is just not returned."""
+        where = dict(where) if where else None
+        ids = self.collection.get(where=where, include=[])["ids"]
+        for start in range(0, len(ids), _MANIFEST_PAGE):
+            page = self.collection.get(ids=ids[start : start + _MANIFEST_PAGE], where=where,
+                                       include=["metadatas"])
+            yield from zip(page["ids"], page["metadatas"], strict=True)
 
     def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
         """id → (ETag, normalize version, last_modified, size) of every record whose id
@@ -287,31 +292,78 @@ class ImageStore:
         embeddings: Sequence[Sequence[float]],
         metadatas: Sequence[Mapping[str, Any]],
     ) -> None:
-        """Add or replace records by id, in chunks the server accepts."""
+        """Add or replace records by id, in chunks the server accepts (see ``_write``)."""
         self._check_writable()
         for start in range(0, len(ids), self.max_batch):
             end = start + self.max_batch
-            self.collection.upsert(
+            self._write(f"write {len(ids[start:end])} records", partial(
+                self.collection.upsert,
                 ids=list(ids[start:end]),
                 embeddings=[list(e) for e in embeddings[start:end]],
                 metadatas=[dict(m) for m in metadatas[start:end]],
-            )
+            ))
 
     def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
         """Merge fields into the metadata of existing records (vectors untouched; ids no
         longer stored are skipped), in chunks."""
         self._check_writable()
-        with chroma_errors(f"update records of collection {self.collection.name!r}"):
-            for start in range(0, len(ids), self.max_batch):
-                end = start + self.max_batch
-                self.collection.update(ids=list(ids[start:end]),
-                                       metadatas=[dict(m) for m in metadatas[start:end]])
+        for start in range(0, len(ids), self.max_batch):
+            end = start + self.max_batch
+            chunk = list(ids[start:end])
+            self._write(f"update {len(chunk)} records", partial(
+                self.collection.update, ids=chunk,
+                metadatas=[dict(m) for m in metadatas[start:end]]))
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Remove records by id, in chunks."""
+        """Remove records by id, in chunks (see ``_write``)."""
         self._check_writable()
         for start in range(0, len(ids), self.max_batch):
-            self.collection.delete(ids=list(ids[start : start + self.max_batch]))
+            chunk = list(ids[start : start + self.max_batch])
+            self._write(f"delete {len(chunk)} records", partial(self.collection.delete, ids=chunk))
+
+    def _write(self, action: str, write: Callable[[], None]) -> None:
+        """Run one write (idempotent: by id), retrying it alone with backoff when it fails,
+        so vectors already paid for are not thrown away; then a one-line StoreError.
+
+        While a write waits to be retried, and after one gave up (until one succeeds),
+        ``wait_writable`` holds back or refuses callers about to pay for more vectors."""
+        where = f"{action} to collection {self.collection.name!r}"
+        delay = _WRITE_BACKOFF_S
+        retrying = False
+        try:
+            for attempt in range(1, self.write_attempts + 1):
+                try:
+                    with chroma_errors(where):
+                        write()
+                except StoreError as exc:
+                    if attempt == self.write_attempts:
+                        message = f"{exc} (after {attempt} attempts)"
+                        with self._writes:
+                            self._broken = message
+                        raise StoreError(message) from None
+                else:
+                    with self._writes:
+                        self._broken = None
+                    return
+                if not retrying:
+                    retrying = True
+                    with self._writes:
+                        self._retrying += 1
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay *= 2
+        finally:
+            if retrying:
+                with self._writes:
+                    self._retrying -= 1
+                    self._writes.notify_all()
+
+    def wait_writable(self) -> None:
+        """Return when no write of this store waits to be retried; StoreError when the last
+        one gave up. Call it before paying for vectors that will have to be written."""
+        with self._writes:
+            self._writes.wait_for(lambda: self._broken is not None or not self._retrying)
+            if self._broken is not None:
+                raise StoreError(self._broken)
 
     def get(self, ids: Sequence[str]) -> dict[str, dict]:
         """id → metadata for the ids that exist."""

@@ -62,7 +62,7 @@ KEYS = ["a/1.jpg", "a/red.jpg", "a/x/deep.jpg", "ab/1.jpg", "b/a/1.jpg", "top.jp
 
 
 class CountingCollection:
-    """The Chroma collection, counting the records its ``get`` calls return."""
+    """The Chroma collection, counting the records whose metadata its ``get`` calls return."""
 
     def __init__(self, collection: Any) -> None:
         self._collection = collection
@@ -70,7 +70,8 @@ class CountingCollection:
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         page = self._collection.get(*args, **kwargs)
-        self.returned += len(page["ids"])
+        if page["metadatas"] is not None:
+            self.returned += len(page["ids"])
         return page
 
     def __getattr__(self, name: str) -> Any:
@@ -157,3 +158,36 @@ def test_manifest_and_prefix_query_stay_exact_below_the_stored_folders(deep_stor
     request = SearchRequest(text="x", filters=QueryFilters(prefix=prefix))
     hits = deep_store.query(vector(0), k=len(DEEP_KEYS), where=resolve_where(deep_store, request))
     assert sorted(h.metadata["key"] for h in hits) == sorted(expected)
+
+
+class DeletingCollection(CountingCollection):
+    """The Chroma collection; after the first page of metadata it returns, ``delete`` runs
+    (another shard's sweep between two pages of the read)."""
+
+    def __init__(self, collection: Any, delete: list[str]) -> None:
+        super().__init__(collection)
+        self._delete = delete
+        self.first_page: list[str] = []
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        page = super().get(*args, **kwargs)
+        if page["metadatas"] is not None and not self.first_page:
+            self.first_page = list(page["ids"])
+            self._collection.delete(ids=self._delete + self.first_page)
+        return page
+
+
+def test_records_deleted_during_the_read_leave_no_live_record_unseen(store, monkeypatch):
+    monkeypatch.setattr("imgrag.store._MANIFEST_PAGE", 5)
+    ids = [f"s3://b/p/{i:02}.jpg" for i in range(23)]
+    add(store, {uri: s3_meta(uri, "e") for uri in ids})
+    later = ids[-3:]  # deleted before their page is read
+    deleting = DeletingCollection(store.collection, later)
+    store.collection = deleting
+
+    manifest = store.manifest("b", "s3://b/p/")
+
+    live = set(ids) - set(later) - set(deleting.first_page)
+    assert len(deleting.first_page) == 5
+    assert live <= set(manifest)  # no live record unseen
+    assert set(manifest) - live == set(deleting.first_page)  # seen before their deletion

@@ -49,7 +49,8 @@ def open_source(source: str, settings: Settings, s3_client: Any = None) -> Sourc
         return S3Source(bucket, prefix, client)
     state = settings.resolved_state_dir
     state.mkdir(parents=True, exist_ok=True)
-    return LocalSource(Path(source), hash_cache_path=state / "local-hashes.sqlite3")
+    return LocalSource(Path(source), hash_cache_path=state / "local-hashes.sqlite3",
+                       max_object_bytes=settings.max_object_bytes)
 
 
 def check_source(source: str, settings: Settings) -> None:
