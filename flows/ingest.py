@@ -169,6 +169,10 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         " embedded %d in %.1fs", report.listed, report.new, report.changed, report.deleted,
         report.unchanged, report.skipped, report.failed, report.embedded, elapsed,
     )
+    try:  # for the search app's stats; the run's work is done either way
+        rt.store.record_last_ingest(report.summary())
+    except ImgragError as exc:
+        report.warnings.append(str(exc))
     for warning in report.warnings:
         logger.warning(warning)
     return report
