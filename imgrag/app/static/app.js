@@ -26,7 +26,7 @@ function visible(text) {
     (c) => String.fromCharCode(c === "\u007f" ? 0x2421 : 0x2400 + c.charCodeAt(0)));
 }
 
-function shorten(text, max = 42) {
+function shorten(text, max = 28) {
   text = visible(text);
   if (text.length <= max) return text;
   const tail = Math.ceil(max * 0.62);
@@ -87,6 +87,7 @@ function similarTo(id) {
 
 function showHits(result, label) {
   const grid = $("grid");
+  document.body.dataset.shown = location.search;  // which search the grid shows (tests wait on it)
   grid.replaceChildren(...result.hits.map(card));
   if (!result.hits.length) grid.append(el("p", { class: "empty", text: "No hits. Loosen the filters?" }));
   const n = result.hits.length;
@@ -134,6 +135,7 @@ async function render() {
     }
   } catch (err) {
     $("grid").replaceChildren();
+    document.body.dataset.shown = location.search;
     setStatus(err.message, true);
   }
   const detail = params.get("detail");
@@ -149,7 +151,7 @@ async function summarize() {
   try {
     const result = await api(`/api/summary?${query}`, { method: "POST" });
     const list = el("ol", {}, ...result.sources.map((s) => el("li", {},
-      el("b", { text: s.label }), " ", el("span", { class: "uri", title: visible(s.id), text: shorten(s.id, 80) }))));
+      el("b", { text: s.label }), " ", el("span", { class: "uri", title: visible(s.id), text: shorten(s.id, 90) }))));
     box.replaceChildren(el("b", { text: `Summary (${result.model})` }), "\n" + result.text, list);
   } catch (err) {
     box.replaceChildren(el("span", { class: "error", text: err.message }));
@@ -190,6 +192,8 @@ async function openDetail(id) {
   if (!dialog.open) dialog.showModal();
   try {
     const record = await api(recordUrl("record", id));
+    const meta = record.metadata;
+    if (meta.key) $("detail-title").textContent = visible(meta.bucket ? `${meta.bucket}/${meta.key}` : meta.key);
     $("detail-meta").replaceChildren(...Object.entries(record.metadata).sort().map(([key, value]) =>
       el("tr", {}, el("th", { text: key }), el("td", { text: visible(Array.isArray(value) ? value.join(", ") : value) }))));
   } catch (err) {
@@ -210,9 +214,9 @@ function showLogin() { $("login").hidden = false; $("token").focus(); }
 async function showStats() {
   try {
     const s = await api("/api/stats");
-    const parts = [`${s.records.toLocaleString()} images in “${s.collection}”`, `${s.model_id} · dim ${s.dim}`];
+    const parts = [`${s.records.toLocaleString()} images in “${s.collection}”`, `dim ${s.dim}`];
     const run = s.last_ingest;
-    if (run) parts.push(`last ingest ${run.finished_at || "?"}: ${run.embedded} embedded, ${run.deleted} deleted, ${run.failed} failed in ${run.duration_s}s`);
+    if (run) parts.push(`last ingest ${(run.finished_at || "?").replace("T", " ").slice(0, 16)} UTC: ${run.embedded} embedded, ${run.deleted} deleted, ${run.failed} failed`);
     $("stats").textContent = parts.join(" · ");
   } catch (err) {
     $("stats").textContent = `store: ${err.message}`;
