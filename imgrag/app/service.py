@@ -38,7 +38,7 @@ from imgrag.thumbnails import Thumbnail, ThumbnailLoader
 
 MAX_K = 100
 THUMBNAIL_SIZES = (128, 256, 512, 1024)  # px; a fixed set, so clients cannot fill the cache
-_KEPT_UPLOADS = 256  # query vectors of uploaded images kept for their URLs (?upload=…)
+_KEPT_VECTORS = 1024  # query vectors kept in memory: texts, and uploads for their URLs
 
 
 class AppSettings(BaseSettings):
@@ -94,6 +94,28 @@ class Stats(BaseModel):
     summaries: bool
 
 
+class VectorMemo:
+    """The last ``size`` query vectors by key, in memory (least recently used dropped)."""
+
+    def __init__(self, size: int = _KEPT_VECTORS) -> None:
+        self.size = size
+        self._vectors: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> list[float] | None:
+        with self._lock:
+            vector = self._vectors.get(key)
+            if vector is not None:
+                self._vectors.move_to_end(key)
+            return vector
+
+    def put(self, key: str, vector: list[float]) -> None:
+        with self._lock:
+            self._vectors[key] = vector
+            while len(self._vectors) > self.size:
+                self._vectors.popitem(last=False)
+
+
 class StoreView:
     """The collection as it is now. An embedded store is refused (StoreLockedError) while an
     ingest holds its writer lock, and re-opened after one: an open embedded client does not
@@ -141,8 +163,8 @@ class SearchService:
         self.embedder = LazyEmbedder(settings)
         self.cache = open_text_cache(settings)
         self.thumbnails = ThumbnailLoader(settings)
-        self._uploads: OrderedDict[str, list[float]] = OrderedDict()
-        self._uploads_lock = threading.Lock()
+        self.texts = VectorMemo()  # before the disk cache, whose hits each write a row
+        self.uploads = VectorMemo()
 
     def close(self) -> None:
         self.cache.close()
@@ -160,8 +182,17 @@ class SearchService:
         return SearchResult(hits=hits, took_ms=took, embedding_cached=cached)
 
     def search_text(self, text: str, params: SearchParams) -> SearchResult:
-        """The hits nearest to a text (its vector cached on disk after the first time)."""
-        return self._search(lambda: embed_query_text(self.embedder, text, self.cache), params)
+        """The hits nearest to a text (its vector cached after the first time: in memory,
+        and on disk for the CLI and the next start)."""
+        def vector() -> tuple[list[float], bool]:
+            kept = self.texts.get(text)
+            if kept is not None:
+                return kept, True
+            found, cached = embed_query_text(self.embedder, text, self.cache)
+            self.texts.put(text, found)
+            return found, cached
+
+        return self._search(vector, params)
 
     def similar(self, record_id: str, params: SearchParams) -> SearchResult:
         """The hits nearest to a record's stored vector, itself left out (no Bedrock call)."""
@@ -179,18 +210,14 @@ class SearchService:
         upload_id = hashlib.sha256(data).hexdigest()[:24]
 
         def embedded() -> tuple[list[float], bool]:
-            with self._uploads_lock:
-                kept = self._uploads.get(upload_id)
+            kept = self.uploads.get(upload_id)
             if kept is not None:
                 return kept, True
             self._check_upload(data)
             limits = self.settings.model_copy(update={"max_source_pixels": min(
                 self.settings.max_source_pixels, self.app_settings.max_upload_pixels)})
             vector = embed_image_bytes(data, self.embedder, limits)
-            with self._uploads_lock:
-                self._uploads[upload_id] = vector
-                while len(self._uploads) > _KEPT_UPLOADS:
-                    self._uploads.popitem(last=False)
+            self.uploads.put(upload_id, vector)
             return vector, False
 
         result = self._search(embedded, params)
@@ -199,8 +226,7 @@ class SearchService:
     def search_uploaded(self, upload_id: str, params: SearchParams) -> SearchResult:
         """:meth:`search_upload` again, by the id it returned (while the app keeps it)."""
         def kept() -> tuple[list[float], bool]:
-            with self._uploads_lock:
-                vector = self._uploads.get(upload_id)
+            vector = self.uploads.get(upload_id)
             if vector is None:
                 raise NotFoundError("that uploaded image is no longer kept: upload it again")
             return vector, True
