@@ -38,7 +38,7 @@ from imgrag.thumbnails import Thumbnail, ThumbnailLoader
 
 MAX_K = 100
 THUMBNAIL_SIZES = (128, 256, 512, 1024)  # px; a fixed set, so clients cannot fill the cache
-_KEPT_VECTORS = 1024  # query vectors kept in memory: texts, and uploads for their URLs
+_KEPT_VECTORS = 256  # query vectors kept in memory: texts, and uploads for their URLs
 
 
 class AppSettings(BaseSettings):
