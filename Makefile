@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.normalize
 	$(BIN)/python -m bench.query
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.app
 
 clean:
 	rm -rf $(VENV) .demo  # never the store (./chroma_images_db) or the ledger (./.imgrag)

@@ -1,22 +1,20 @@
-"""What the ingest and query CLIs share: store flags, settings from flags, one-line errors."""
+"""What the ingest and query CLIs share: running as the process, one-line errors, terminal-safe
+text (and the store flags and settings of :mod:`imgrag.cli`)."""
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import NoReturn
 
+from imgrag.cli import add_store_arguments, config_error, settings_from_cli
 from imgrag.errors import ConfigError, ImgragError
 
-if TYPE_CHECKING:  # imported where used: --help and flag errors stay fast
-    from pydantic import ValidationError
-
-    from imgrag.settings import Settings
+__all__ = ["add_store_arguments", "config_error", "print_error", "run_cli", "settings_from_cli"]
 
 
 def run_cli(main: Callable[[], int]) -> NoReturn:
@@ -47,44 +45,6 @@ def quiet_gc() -> Iterator[None]:
     finally:
         gc.freeze()
         gc.enable()
-
-
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by the ingest and query CLIs."""
-    parser.add_argument("--chroma-path", help="embedded Chroma directory "
-                        "(IMGRAG_CHROMA_PATH, default ./chroma_images_db)")
-    parser.add_argument("--chroma-url", help="Chroma server URL, e.g. http://localhost:8000 "
-                        "(IMGRAG_CHROMA_URL)")
-    parser.add_argument("--collection", help="collection name (IMGRAG_COLLECTION, "
-                        "default images)")
-    parser.add_argument("--dim", type=int, choices=(256, 384, 1024),
-                        help="embedding length (IMGRAG_DIM, default 1024)")
-    parser.add_argument("--region", help="AWS region for Bedrock and S3 (default: boto3's)")
-
-
-def config_error(exc: ValidationError) -> ConfigError:
-    """The first problem of a pydantic ValidationError as a one-line ConfigError."""
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    return ConfigError(f"invalid {field}: {message}" if field else message)
-
-
-def settings_from_cli(**overrides: Any) -> Settings:
-    """Settings from the environment with non-None flags (or flow parameters) on top;
-    ConfigError (one line) if a value is invalid."""
-    from pydantic import ValidationError
-
-    from imgrag.settings import Settings
-
-    try:
-        settings = Settings.from_overrides(**overrides)
-    except ValidationError as exc:
-        raise config_error(exc) from None
-    if overrides.get("chroma_path") and settings.chroma_url:
-        raise ConfigError("--chroma-path (an embedded store) and a Chroma server URL"
-                          " (--chroma-url or IMGRAG_CHROMA_URL) exclude each other")
-    return settings
 
 
 def print_error(exc: ImgragError) -> int:

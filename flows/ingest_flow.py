@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.cli import settings_from_cli
-from imgrag.errors import ConfigError
+from imgrag.errors import ConfigError, ImgragError
 from imgrag.lock import writer_lock
 from imgrag.pipeline import Runtime, close_runtime, hold_runtime, refresh_records
 from imgrag.records import BatchResult, IngestReport, SourceObject
@@ -159,6 +159,10 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         " embedded %d in %.1fs", report.listed, report.new, report.changed, report.deleted,
         report.unchanged, report.skipped, report.failed, report.embedded, elapsed,
     )
+    try:  # for the search app's stats; the run's work is done either way
+        rt.store.record_last_ingest(report.summary())
+    except ImgragError as exc:
+        report.warnings.append(str(exc))
     for warning in report.warnings:
         logger.warning(warning)
     return report

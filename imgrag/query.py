@@ -8,13 +8,14 @@ is itself indexed is searched with its stored vector (no download, no Bedrock ca
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder
 from imgrag.errors import ConfigError, EmbeddingError
-from imgrag.filters import combine_where
+from imgrag.filters import QueryFilters, combine_where
 from imgrag.normalize import NormalizeError
 from imgrag.pipeline import normalize_for_model
 from imgrag.records import Hit
@@ -50,15 +51,45 @@ def search_text(
     cache: TextEmbeddingCache | None = None,
 ) -> list[Hit]:
     """The ``k`` images closest to ``text`` (cached text vectors when ``cache`` is given)."""
-    if not text.strip():
-        raise ConfigError("the query text is empty")
     if k < 1:
         raise ConfigError("k must be at least 1")
+    vector, _ = embed_query_text(embedder, text, cache)
+    return search_vector(store, vector, k, where, max_distance=max_distance)
+
+
+def embed_query_text(
+    embedder: Embedder, text: str, cache: TextEmbeddingCache | None = None
+) -> tuple[list[float], bool]:
+    """The vector of a query text, and whether the cache answered (no Bedrock call)."""
+    if not text.strip():
+        raise ConfigError("the query text is empty")
+    cached = cache.get(embedder.model_id, embedder.dim, text) if cache is not None else None
+    if cached is not None:
+        return cached, True
     try:
-        vector = embedder.embed_text(text) if cache is None else cache.embed(embedder, text)
+        vector = embedder.embed_text(text)
     except EmbedFailed as exc:
         raise EmbeddingError(f"cannot embed the query text: {exc.reason}") from None
-    return cut_by_distance(store.query(vector, k=k, where=where), max_distance)
+    if cache is not None:
+        cache.put(embedder.model_id, embedder.dim, text, vector)
+    return vector, False
+
+
+def search_vector(
+    store: ImageStore,
+    vector: Sequence[float],
+    k: int = 8,
+    where: Mapping[str, Any] | None = None,
+    *,
+    exclude: str | None = None,
+    max_distance: float | None = None,
+) -> list[Hit]:
+    """The ``k`` records nearest to ``vector``; ``exclude`` drops one record id (the
+    example's own), still returning ``k`` hits when there are."""
+    hits = store.query(vector, k=k + 1 if exclude else k, where=where)
+    if exclude:
+        hits = _rerank([h for h in hits if h.id != exclude][:k])
+    return cut_by_distance(hits, max_distance)
 
 
 def read_image_ref(ref: str, settings: Settings, s3_client: Any = None) -> bytes:
@@ -113,10 +144,8 @@ def search_image(
     vector = store.get_embedding(uri)
     if vector is None:
         vector = embed_image_bytes(read_image_ref(ref, settings), embedder, settings)
-    hits = store.query(vector, k=k + 1 if exclude_self else k, where=where)
-    if exclude_self:
-        hits = [h for h in hits if h.id != uri][:k]
-    return _rerank(cut_by_distance(hits, max_distance))
+    return search_vector(store, vector, k, where, exclude=uri if exclude_self else None,
+                         max_distance=max_distance)
 
 
 def resolve_where(store: ImageStore, request: SearchRequest) -> dict[str, Any] | None:
@@ -125,8 +154,14 @@ def resolve_where(store: ImageStore, request: SearchRequest) -> dict[str, Any] |
     A prefix ending inside a name lists the keys of its folder (already narrowed by
     ``dirs``) and filters by id: exact, at a cost proportional to that folder's size.
     """
-    filters = request.filters
-    where = combine_where(request.where, *filters.conditions())
+    return resolve_filters(store, request.filters, request.where)
+
+
+def resolve_filters(
+    store: ImageStore, filters: QueryFilters, where: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """:func:`resolve_where` for named ``filters`` and a raw ``where``."""
+    where = combine_where(where, *filters.conditions())
     if where:
         check_where(where)  # a one-line ConfigError, not Chroma's ValueError
     if not filters.needs_key_scan:
@@ -149,12 +184,14 @@ class LazyEmbedder:
         self.dim = settings.dim
         self._settings = settings
         self._embedder: Embedder | None = None
+        self._lock = threading.Lock()
 
     @property
     def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = make_embedder(self._settings)
-        return self._embedder
+        with self._lock:  # one client even when threads ask at once (the search app)
+            if self._embedder is None:
+                self._embedder = make_embedder(self._settings)
+            return self._embedder
 
     @property
     def text_tokens(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -99,6 +99,12 @@ class IngestReport(BaseModel):
     unreadable: int = 0  # paths the listing could not read; records under them were kept
     failures: list[Failure] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # what the run chose not to do, and why
+
+    def summary(self) -> dict[str, Any]:
+        """The report without its failure and warning lists, stamped with the time now: what
+        the collection keeps of its last run (``ImageStore.record_last_ingest``)."""
+        return self.model_dump(mode="json", exclude={"failures", "warnings"}) | {
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 class Hit(BaseModel):

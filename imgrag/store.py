@@ -10,6 +10,7 @@ snapshot: a private copy of that file, next to links to the store's index folder
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -26,6 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import chromadb
+from chromadb.api.client import SharedSystemClient
 from chromadb.api.types import validate_where
 from chromadb.config import Settings as ChromaSettings
 
@@ -35,6 +37,7 @@ from imgrag.records import Hit, Indexed
 from imgrag.settings import Settings
 
 SCHEMA_VERSION = 2  # 2: every record of the collection carries ``dirs`` (imgrag.filters)
+LAST_INGEST_KEY = "imgrag_last_ingest"  # collection metadata: the last run's summary, JSON
 _MANIFEST_PAGE = 5000
 _WRITE_BACKOFF_S = 0.5  # before the second attempt of a write; doubles, with jitter
 
@@ -100,6 +103,12 @@ def read_only_snapshot(store_dir: Path) -> Path:
         shutil.rmtree(snapshot, ignore_errors=True)
         raise
     return snapshot
+
+
+def forget_embedded_clients() -> None:
+    """Drop this process's cached embedded clients: the next open reads the store from disk
+    again (an open embedded client does not see another process's later writes)."""
+    SharedSystemClient.clear_system_cache()
 
 
 def _port(scheme: str, port: int | None) -> int:
@@ -244,6 +253,23 @@ class ImageStore:
 
     def count(self) -> int:
         return self.collection.count()
+
+    def record_last_ingest(self, summary: Mapping[str, Any]) -> None:
+        """Keep a finished ingest run's summary (JSON-able) in the collection metadata."""
+        with chroma_errors(f"record the ingest summary in {self.collection.name!r}"):
+            fresh = self.client.get_collection(self.collection.name, embedding_function=None)
+            metadata = {**(fresh.metadata or {}), LAST_INGEST_KEY: json.dumps(dict(summary))}
+            self.collection.modify(metadata=metadata)
+
+    def last_ingest(self) -> dict[str, Any] | None:
+        """The summary :meth:`record_last_ingest` kept (re-read from the store), or None."""
+        with chroma_errors(f"read the metadata of collection {self.collection.name!r}"):
+            fresh = self.client.get_collection(self.collection.name, embedding_function=None)
+        text = (fresh.metadata or {}).get(LAST_INGEST_KEY)
+        try:
+            return json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            return None
 
     def iter_metadata(self, where: Mapping[str, Any] | None = None) -> Iterator[tuple[str, dict]]:
         """Every (id, metadata) matching ``where``: the matching ids first (ids only, one

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import chromadb
 import pytest
 
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from imgrag.ledger import FailureLedger
 from imgrag.pipeline import LEDGER_NAME
 from tests import corpus

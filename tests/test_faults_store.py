@@ -14,7 +14,8 @@ import pytest
 from chromadb.api.models.Collection import Collection
 from chromadb.errors import InternalError
 
-from flows.ingest import ingest_flow, main
+from flows.ingest import main
+from flows.ingest_flow import ingest_flow
 from imgrag.emulators.chroma_server import ChromaServer
 from imgrag.ledger import FailureLedger
 from imgrag.pipeline import LEDGER_NAME

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from imgrag.errors import ConfigError
 from imgrag.query import read_image_ref
 from imgrag.records import Hit, SourceObject

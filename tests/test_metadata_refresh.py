@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from imgrag.filters import QueryFilters
 from imgrag.normalize import NORMALIZE_VERSION
 from imgrag.query import SearchRequest, run_search
