@@ -96,7 +96,7 @@ def test_bad_flags_are_one_line_errors(catalog, capsys, argv, message):
 
 @pytest.mark.parametrize("argv, message", [
     (["--image", "NOT_AN_IMAGE"], "the query image is not usable"),
-    (["red", "--where", '{"a": 1, "b": 2}'], "invalid where filter: Expected where to have"),
+    (["red", "--where", '{"a": 1, "b": 2}'], "invalid where filter: each level must be"),
     (["red", "--where", '{"bucket": {"$bad": 1}}'], "invalid where filter"),
     (["a query Bedrock refuses"], "access denied to Bedrock model"),
 ])
