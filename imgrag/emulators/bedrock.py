@@ -8,7 +8,7 @@ Real boto3 ``bedrock-runtime`` clients reach it through ``endpoint_url=fb.url`` 
 ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME`` environment variable, so boto3's own request signing,
 retries and error parsing all run unchanged. It speaks ``POST /model/{modelId}/invoke``
 with Titan's request/response JSON, enforces Titan's input limits (the strictest documented
-values by default: image <= 5 MB, <= 2048 px per side, PNG/JPEG; text <= 128 tokens) and
+values by default: image <= 5 MB, <= 2048 px per side, PNG/JPEG; text <= 256 tokens) and
 answers errors the way the service does: status code + ``x-amzn-ErrorType`` header + JSON
 body ``{"message": ...}``.
 
@@ -65,7 +65,7 @@ EMBEDDING_LENGTHS = (256, 384, 1024)
 DEFAULT_EMBEDDING_LENGTH = 1024
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_SIDE = 2048
-MAX_TEXT_TOKENS = 128
+MAX_TEXT_TOKENS = 256  # AWS model page (older copies: 128)
 # Pillow reports some camera JPEGs (multi-picture) as "MPO"; they are JPEG files.
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "MPO"})
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -116,7 +116,9 @@ _RULE_LABELS = (
     "black", "white", "gray", "pink", "brown", "red",
     "orange", "yellow", "green", "cyan", "blue", "purple",
 )  # fmt: skip
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+# A CJK character is a token of its own; other words and punctuation marks one each.
+_CJK = "\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af"
+_TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
 _INVOKE_RE = re.compile(r"^/model/([^/]+)/invoke$")
 CONTENT_WEIGHT = 0.15  # weight of the per-input hashed component
 THUMBNAIL_SIDE = 64
@@ -155,7 +157,7 @@ class EmulatorStats:
 
 
 def count_tokens(text: str) -> int:
-    """Approximate token count: words and individual punctuation marks."""
+    """Approximate token count: words, CJK characters and punctuation marks."""
     return len(_TOKEN_RE.findall(text))
 
 
