@@ -67,6 +67,8 @@ def ingest_flow(
     retry_failed: bool = False,
     shard: str | None = None,
     allow_mass_delete: bool = False,
+    model: str | None = None,
+    mode: str | None = None,
 ) -> IngestReport:
     """Make ``source`` (``s3://bucket/prefix`` or a folder) searchable in a Chroma collection.
 
@@ -79,7 +81,7 @@ def ingest_flow(
         raise ConfigError("no shard given: pass shard=I/N (e.g. 0/4)")
     settings = settings_from_cli(  # deployment parameters: bad values are one-line errors
         collection=collection, dim=dim, chroma_path=chroma_path, chroma_url=chroma_url,
-        region=region, batch_size=batch_size, concurrency=concurrency,
+        region=region, batch_size=batch_size, concurrency=concurrency, model=model, mode=mode,
     )
     with (
         writer_lock(settings.chroma_url, settings.chroma_path),
@@ -202,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="delete records even when the listing is empty or more than "
                         "IMGRAG_MAX_DELETE_FRACTION (default 0.5) of them are gone; "
                         "otherwise such deletions are withheld with a warning")
+    parser.add_argument("--mode", choices=("on-demand", "batch", "auto"),
+                        help="InvokeModel calls, a Bedrock batch inference job at the batch "
+                        "price, or a job from IMGRAG_BATCH_AUTO_THRESHOLD images (IMGRAG_MODE)")
     parser.add_argument("--json", action="store_true",
                         help="print the run report as JSON on stdout")
     return parser
@@ -233,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "chroma_path": args.chroma_path, "chroma_url": args.chroma_url, "region": args.region,
         "batch_size": args.batch_size, "concurrency": args.concurrency,
         "retry_failed": args.retry_failed, "shard": args.shard,
-        "allow_mass_delete": args.allow_mass_delete,
+        "allow_mass_delete": args.allow_mass_delete, "model": args.model, "mode": args.mode,
     }
     hide_run_error_tracebacks()
     try:

@@ -29,10 +29,9 @@ from imgrag.gallery import (
     write_contact_sheet,
     write_html,
 )
-from imgrag.query import SearchRequest, check_image_ref, parse_where
+from imgrag.query import SearchRequest, check_image_ref, parse_where, settings_for_collection
 from imgrag.records import Hit
 from imgrag.settings import Settings
-from imgrag.store import ImageStore
 from imgrag.summarize import (
     DEFAULT_OPENAI_MODEL,
     DEFAULT_SUMMARY_IMAGES,
@@ -59,12 +58,14 @@ def query_flow(
     exclude_self: bool = False,
     filters: QueryFilters | None = None,
     max_distance: float | None = None,
+    model: str | None = None,
 ) -> list[Hit]:
     """The ``k`` indexed images closest to ``text`` or to the example ``image`` (a path or
     s3:// URI), within the metadata ``where``/``filters``, none farther than ``max_distance``.
     """
-    settings = settings_from_cli(collection=collection, dim=dim, chroma_path=chroma_path,
-                                 chroma_url=chroma_url, region=region)
+    settings = settings_for_collection(
+        settings_from_cli(collection=collection, chroma_path=chroma_path,
+                          chroma_url=chroma_url, region=region), model=model, dim=dim)
     try:
         request = SearchRequest(text=text, image=image, k=k, where=where,
                                 filters=filters or QueryFilters(), exclude_self=exclude_self,
@@ -198,13 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     hide_run_error_tracebacks()
     try:
         request = build_request(args)
-        settings = settings_from_cli(collection=args.collection, dim=args.dim,
-                                     chroma_path=args.chroma_path, chroma_url=args.chroma_url,
-                                     region=args.region)
-        ImageStore.open(settings, create=False)
+        settings = settings_for_collection(
+            settings_from_cli(collection=args.collection, chroma_path=args.chroma_path,
+                              chroma_url=args.chroma_url, region=args.region),
+            model=args.model, dim=args.dim)
         hits = query_flow(request.text, request.k, request.where, args.collection, args.dim,
                           args.chroma_path, args.chroma_url, args.region, request.image,
-                          request.exclude_self, request.filters, request.max_distance)
+                          request.exclude_self, request.filters, request.max_distance,
+                          args.model)
     except ImgragError as exc:
         return print_error(exc)
     loader = ThumbnailLoader(settings)

@@ -166,7 +166,7 @@ def normalize_for_model(data: bytes, embedder: Embedder, settings: Settings) -> 
 
 @dataclass
 class _Unit:
-    """Items embedded by one model call (Titan: one image)."""
+    """Objects embedded together (Titan: one image; Cohere: up to 96)."""
 
     objects: list[SourceObject]
     images: list[NormalizedImage] = field(default_factory=list)
@@ -197,8 +197,8 @@ def _prepare(rt: Runtime, obj: SourceObject) -> tuple[NormalizedImage | None, Fa
     return image, None, len(data)
 
 
-def _run_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
-    """Prepare and embed one unit; image bytes are dropped once embedded (flat memory)."""
+def _prepare_unit(rt: Runtime, unit: _Unit) -> _Unit:
+    """Download and normalize the unit's objects; those that fail leave it as Failures."""
     ready: list[SourceObject] = []
     for obj in unit.objects:
         image, failure, nbytes = _prepare(rt, obj)
@@ -208,38 +208,82 @@ def _run_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
         else:
             ready.append(obj)
             unit.images.append(image)
-    if ready:
-        try:
-            vectors = rt.embedder.embed_images([img.data for img in unit.images])
-            unit.billed_images = len(vectors)  # failed calls are not billed
-            if len(vectors) != len(ready):  # ids and vectors would be misaligned
-                raise EmbedFailed(f"model returned {len(vectors)} vectors for {len(ready)}"
-                                  " images", permanent=False)
-            unit.vectors = vectors
-        except EmbedFailed as exc:
-            unit.failures += [
-                Failure(id=o.uri, etag=o.etag, stage="embed", reason=exc.reason,
-                        permanent=exc.permanent)
-                for o in ready
-            ]
-        else:
-            unit.metadatas = [record_metadata(o, img, rt.embedder, run_id)
-                              for o, img in zip(ready, unit.images, strict=True)]
-        unit.images = []
-    unit.objects = ready if unit.vectors else []
+    unit.objects = ready
     return unit
+
+
+def _embed_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
+    """Embed a prepared unit; image bytes are dropped once embedded (flat memory)."""
+    if not unit.objects:
+        return unit
+    try:
+        vectors = rt.embedder.embed_images([img.data for img in unit.images])
+        unit.billed_images += len(vectors)  # failed calls are not billed
+        if len(vectors) != len(unit.objects):  # ids and vectors would be misaligned
+            raise EmbedFailed(f"model returned {len(vectors)} vectors for"
+                              f" {len(unit.objects)} images", permanent=False)
+    except EmbedFailed as exc:
+        if exc.permanent and len(unit.objects) > 1:  # find the images the model refuses
+            return _embed_each(rt, unit, run_id)
+        unit.failures += [
+            Failure(id=o.uri, etag=o.etag, stage="embed", reason=exc.reason,
+                    permanent=exc.permanent)
+            for o in unit.objects
+        ]
+        unit.objects = []
+    else:
+        unit.vectors = vectors
+        unit.metadatas = [record_metadata(o, img, rt.embedder, run_id)
+                          for o, img in zip(unit.objects, unit.images, strict=True)]
+    unit.images = []
+    return unit
+
+
+def _embed_each(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
+    """Embed a refused multi-image unit one image a call: one bad image must not fail the
+    others of its call."""
+    singles = [_embed_unit(rt, _Unit([obj], [img]), run_id)
+               for obj, img in zip(unit.objects, unit.images, strict=True)]
+    unit.objects, unit.images = [], []
+    for single in singles:
+        unit.objects += single.objects
+        unit.vectors += single.vectors
+        unit.metadatas += single.metadatas
+        unit.failures += single.failures
+        unit.billed_images += single.billed_images
+    return unit
+
+
+def _regroup(prepared: Sequence[_Unit], size: int) -> list[_Unit]:
+    """Prepared one-object units as units of up to ``size`` objects; the first (empty of
+    objects) carries the failures and byte counts."""
+    units = [_Unit([], failures=[f for u in prepared for f in u.failures],
+                   bytes_downloaded=sum(u.bytes_downloaded for u in prepared))]
+    ready = [u for u in prepared if u.objects]
+    for start in range(0, len(ready), size):
+        group = ready[start : start + size]
+        units.append(_Unit([u.objects[0] for u in group], [u.images[0] for u in group]))
+    return units
 
 
 def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> BatchResult:
     """Download, normalize and embed ``objects`` concurrently, then upsert the successes.
 
-    Per-item problems become Failures (permanent ones go to the ledger); only run-level
-    errors (credentials, access, store) raise.
+    A model taking one image a call gets each object downloaded, normalized and embedded by
+    one thread; a model taking several gets all of them prepared concurrently first, then
+    embedded in groups of its ``max_batch`` (its embedder splits a group further by request
+    size). Per-item problems become Failures (permanent ones go to the ledger); only
+    run-level errors (credentials, access, store) raise.
     """
     started = time.perf_counter()
     step = rt.embedder.max_batch
-    units = [_Unit(list(objects[i : i + step])) for i in range(0, len(objects), step)]
-    done = list(rt.pool.map(lambda u: _run_unit(rt, u, run_id), units))
+    if step == 1:
+        done = list(rt.pool.map(
+            lambda obj: _embed_unit(rt, _prepare_unit(rt, _Unit([obj])), run_id), objects))
+    else:
+        prepared = list(rt.pool.map(lambda obj: _prepare_unit(rt, _Unit([obj])), objects))
+        done = list(rt.pool.map(lambda unit: _embed_unit(rt, unit, run_id),
+                                _regroup(prepared, step)))
 
     ids, vectors, metadatas, failures = [], [], [], []
     for unit in done:

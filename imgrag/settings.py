@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imgrag.embedders.models import DEFAULT_MODEL_ID, model_spec
@@ -30,9 +30,8 @@ class Settings(BaseSettings):
     )
 
     # Embedding model
-    model_id: str = Field(
-        DEFAULT_MODEL_ID, validation_alias=AliasChoices("model_id", "IMGRAG_MODEL", "model"),
-        description="Bedrock model id or short name (titan, nova, cohere).",
+    model: str = Field(
+        DEFAULT_MODEL_ID, description="Bedrock model id or short name (titan, nova, cohere)."
     )
     dim: int | None = Field(None, description="Embedding length; default: the model's.")
     region: str | None = Field(None, description="AWS region; default: boto3's resolution.")
@@ -115,8 +114,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _model_facts(self) -> Settings:
         """The model's id, default dimension and prices, where not set explicitly."""
-        spec = model_spec(self.model_id)
-        self.model_id = spec.model_id
+        spec = model_spec(self.model)
+        self.model = spec.model_id
         if self.dim is None:
             self.dim = spec.default_dim
         elif self.dim not in spec.dims:
@@ -126,6 +125,11 @@ class Settings(BaseSettings):
         if self.price_per_1k_text_tokens is None:
             self.price_per_1k_text_tokens = spec.price_per_1k_text_tokens
         return self
+
+    @property
+    def model_id(self) -> str:
+        """The Bedrock model id of ``model``."""
+        return self.model
 
     @property
     def resolved_state_dir(self) -> Path:

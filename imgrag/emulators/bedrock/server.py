@@ -141,6 +141,7 @@ class FakeBedrock:
         self._inflight = 0
         self._faults: deque[tuple[str, str | None, int | None]] = deque()
         self._fail_when: FailPredicate | None = None
+        self._rewrite: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.quota_rps: float | None = None
         self._capacity = 0.0
         self._tokens = 0.0
@@ -229,10 +230,16 @@ class FakeBedrock:
         with self._lock:
             self._fail_when = predicate
 
+    def rewrite_answers(self, rewrite: Callable[[dict[str, Any]], dict[str, Any]] | None) -> None:
+        """Pass every successful InvokeModel answer through ``rewrite`` (a broken model)."""
+        with self._lock:
+            self._rewrite = rewrite
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
             self._fail_when = None
+            self._rewrite = None
 
     # -- observability ---------------------------------------------------------------
 
@@ -372,12 +379,13 @@ class FakeBedrock:
             if code:
                 raise BedrockError(code)
         answer = self._answer(model, decoded)
+        payload = self._rewrite(answer.payload) if self._rewrite else answer.payload
         elapsed_ms = int((time.monotonic() - started) * 1000 + self.latency_ms)
         headers = {
             "X-Amzn-Bedrock-Invocation-Latency": str(elapsed_ms),
             "X-Amzn-Bedrock-Input-Token-Count": str(answer.tokens),
         }
-        return _json_response(200, answer.payload, headers), answer.images
+        return _json_response(200, payload, headers), answer.images
 
     def _answer(self, model: str, body: Any) -> Answer:
         return MODELS[model].handle(body, self.limits[model], self.jobs.read_s3)
