@@ -30,6 +30,7 @@ from imgrag.records import BatchResult, IngestReport, SourceObject
 from imgrag.sources import check_source
 from imgrag.store import make_chroma_client
 from imgrag.sync import ScopePlanner, parse_shard
+from tasks.batch import embed_with_batch_jobs
 from tasks.guard import exclusive_ingest
 from tasks.ingest import delete_records, ingest_batch
 from tasks.report import publish_ingest_report, start_progress, update_progress
@@ -114,13 +115,17 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     in_flight: deque[PrefectFuture[BatchResult]] = deque()
     queued = 0
 
-    def collect(future: PrefectFuture[BatchResult], listing_done: bool) -> None:
-        result = future.result()
+    def collect_result(result: BatchResult) -> None:
         report.embedded += result.upserted
         report.billed_images += result.billed_images
+        report.batch_images += result.batch_images
         report.bytes_downloaded += result.bytes_downloaded
         report.stale_removed += result.stale_removed
         report.failures += result.failures
+
+    def collect(future: PrefectFuture[BatchResult], listing_done: bool) -> None:
+        result = future.result()
+        collect_result(result)
         done = report.embedded + len(report.failures)
         elapsed = time.perf_counter() - started
         logger.info(
@@ -131,9 +136,15 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         update_progress(progress, done, queued, listing_done)
 
     listing = rt.source.list_objects()
+    todo: Iterable[SourceObject] = planner.todo(listing)
+    if settings.batch_staging_uri or settings.mode != "on-demand":  # jobs to collect or make
+        todo, results, report.batch_jobs = embed_with_batch_jobs(settings, source, list(todo),
+                                                                  run_id)
+        queued += sum(r.upserted + len(r.failures) for r in results)
+        for result in results:
+            collect_result(result)
     try:
-        for number, batch in enumerate(batched(planner.todo(listing), settings.batch_size),
-                                       start=1):
+        for number, batch in enumerate(batched(todo, settings.batch_size), start=1):
             queued += len(batch)
             in_flight.append(ingest_batch.submit(plain, source, batch, run_id, number))
             if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
@@ -164,7 +175,8 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         "unreadable": len(listing.unreadable),
         "duration_s": round(elapsed, 3),
         "images_per_s": round(report.embedded / elapsed, 2) if elapsed else 0.0,
-        "estimated_cost_usd": round(report.billed_images * settings.price_per_image, 6),
+        "estimated_cost_usd": round(settings.price_per_image * (
+            report.billed_images - report.batch_images * (1 - settings.batch_price_factor)), 6),
     })
     logger.info(
         "done: listed %d, new %d, changed %d, deleted %d, unchanged %d, skipped %d, failed %d,"
@@ -223,6 +235,9 @@ def print_report(report: IngestReport, as_json: bool) -> None:
     print(f"duration    {report.duration_s:.1f}s ({report.images_per_s:.1f} images/s), "
           f"Bedrock images billed {report.billed_images},"
           f" est. cost ${report.estimated_cost_usd:.4f}")
+    if report.batch_images or report.batch_jobs:
+        print(f"batch       {report.batch_images} images at the batch price; jobs submitted:"
+              f" {', '.join(report.batch_jobs) or 'none'}")
     for failure in report.failures[:MAX_PRINTED_FAILURES]:
         print(f"FAILED {failure.id} [{failure.stage}] {failure.reason}")
     if len(report.failures) > MAX_PRINTED_FAILURES:

@@ -177,7 +177,9 @@ class _Unit:
     billed_images: int = 0
 
 
-def _prepare(rt: Runtime, obj: SourceObject) -> tuple[NormalizedImage | None, Failure | None, int]:
+def prepare_object(
+    rt: Runtime, obj: SourceObject
+) -> tuple[NormalizedImage | None, Failure | None, int]:
     """Download and normalize one object; a Failure instead of raising."""
     settings, embedder = rt.settings, rt.embedder
     if obj.size > settings.max_object_bytes:
@@ -201,7 +203,7 @@ def _prepare_unit(rt: Runtime, unit: _Unit) -> _Unit:
     """Download and normalize the unit's objects; those that fail leave it as Failures."""
     ready: list[SourceObject] = []
     for obj in unit.objects:
-        image, failure, nbytes = _prepare(rt, obj)
+        image, failure, nbytes = prepare_object(rt, obj)
         unit.bytes_downloaded += nbytes
         if failure is not None:
             unit.failures.append(failure)

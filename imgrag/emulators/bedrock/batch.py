@@ -4,7 +4,8 @@ A job reads every ``.jsonl`` file under its input S3 URI (or that one file), ans
 ``{"recordId", "modelInput"}`` line with the model's InvokeModel answer, and writes
 ``<output>/<jobId>/<file>.out`` lines ``{"recordId", "modelInput", "modelOutput" | "error":
 {"errorCode", "errorMessage"}}`` in an order of its own (as the service: join on recordId)
-and ``<output>/<jobId>/manifest.json.out`` (counts). It runs ``delay_s`` after submission;
+and ``<output>/<jobId>/manifest.json.out`` (counts). It runs on the first Get or List
+``delay_s`` after its submission (``delay_s`` may be changed while a job waits);
 ``error_rate`` of the records (chosen by a hash of their recordId) fail with a 500. The
 documented quotas are enforced: at least ``min_records`` (100) records per job, at most
 50,000 per file and per job, 1 GB per file; breaking one fails the job.
@@ -17,6 +18,7 @@ import json
 import random
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -46,7 +48,7 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 
 class BatchJobs:
-    """The jobs of one emulator, run in timer threads against S3 (boto3, thread-safe)."""
+    """The jobs of one emulator, run against S3 (boto3) when they are due; thread-safe."""
 
     def __init__(self, answer: AnswerRecord, *, delay_s: float = 0.0, error_rate: float = 0.0,
                  min_records: int = MIN_RECORDS) -> None:
@@ -56,8 +58,9 @@ class BatchJobs:
         self.min_records = min_records
         self.created = 0  # CreateModelInvocationJob calls that made a job
         self._jobs: dict[str, dict[str, Any]] = {}  # jobArn -> job description
-        self._timers: dict[str, threading.Timer] = {}
+        self._submitted: dict[str, float] = {}  # jobArn -> monotonic submission time
         self._lock = threading.Lock()
+        self._running = threading.Lock()  # one job processed at a time
         self._s3: Any = None
 
     # -- S3 ------------------------------------------------------------------------
@@ -120,15 +123,13 @@ class BatchJobs:
                 "timeoutDurationInHours": body.get("timeoutDurationInHours", 24),
             }
             self.created += 1
-            timer = threading.Timer(self.delay_s, self._run, [arn])
-            timer.daemon = True
-            self._timers[arn] = timer
+            self._submitted[arn] = time.monotonic()
             self._jobs[arn]["status"] = "InProgress"
-        timer.start()
         return {"jobArn": arn}
 
     def get(self, identifier: str) -> dict[str, Any]:
         """GetModelInvocationJob by ARN (or by the job id at its end)."""
+        self._run_due()
         with self._lock:
             return dict(self._job(identifier))
 
@@ -138,24 +139,18 @@ class BatchJobs:
             job = self._job(identifier)
             if job["status"] not in _ACTIVE:
                 raise validation(f"Job {job['jobArn']} is {job['status']} and cannot be stopped")
-            self._timers.pop(job["jobArn"]).cancel()
             job.update(status="Stopped", lastModifiedTime=_now(), endTime=_now())
         return {}
 
     def list(self, query: dict[str, str]) -> dict[str, Any]:
         """ListModelInvocationJobs with ``nameContains`` / ``statusEquals`` (one page)."""
+        self._run_due()
         with self._lock:
             jobs = [dict(j) for j in self._jobs.values()
                     if query.get("nameContains", "") in j["jobName"]
                     and query.get("statusEquals", j["status"]) == j["status"]]
         jobs.sort(key=lambda j: j["submitTime"], reverse=True)
         return {"invocationJobSummaries": jobs}
-
-    def close(self) -> None:
-        """Cancel the jobs still waiting to run."""
-        with self._lock:
-            for timer in self._timers.values():
-                timer.cancel()
 
     def _job(self, identifier: str) -> dict[str, Any]:
         for arn, job in self._jobs.items():
@@ -165,12 +160,18 @@ class BatchJobs:
 
     # -- running -------------------------------------------------------------------
 
+    def _run_due(self) -> None:
+        """Process the jobs whose delay has passed (in the calling request's thread)."""
+        with self._running:
+            now = time.monotonic()
+            with self._lock:
+                due = [arn for arn, job in self._jobs.items() if job["status"] == "InProgress"
+                       and now >= self._submitted[arn] + self.delay_s]
+            for arn in due:
+                self._run(arn)
+
     def _run(self, arn: str) -> None:
-        with self._lock:
-            job = self._jobs[arn]
-            if job["status"] != "InProgress":
-                return
-            self._timers.pop(arn, None)
+        job = self._jobs[arn]
         try:
             counts = self._process(job)
         except BedrockError as err:
@@ -181,7 +182,8 @@ class BatchJobs:
             update = {"status": "PartiallyCompleted" if counts["errorRecordCount"]
                       else "Completed", **counts}
         with self._lock:
-            job.update(update, lastModifiedTime=_now(), endTime=_now())
+            if job["status"] == "InProgress":  # not stopped meanwhile
+                job.update(update, lastModifiedTime=_now(), endTime=_now())
 
     def _process(self, job: dict[str, Any]) -> dict[str, int]:
         bucket, key = _split_s3(job["inputDataConfig"]["s3InputDataConfig"]["s3Uri"])

@@ -170,7 +170,6 @@ class FakeBedrock:
 
     def stop(self) -> None:
         """Stop serving and close the socket (in-flight handler threads are not joined)."""
-        self.jobs.close()
         server, self._server = self._server, None
         if server is None:
             return
