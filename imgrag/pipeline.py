@@ -131,10 +131,11 @@ def close_runtime(settings: Settings, source: str) -> None:
 
 
 def record_metadata(
-    obj: SourceObject, image: NormalizedImage, embedder: Embedder, run_id: str
+    obj: SourceObject, image: NormalizedImage | None, embedder: Embedder, run_id: str
 ) -> dict[str, Any]:
     """The metadata stored with each vector (Chroma takes str/int/float/bool and non-empty
-    lists of them); ``filter_metadata`` adds the fields query filters need."""
+    lists of them); ``filter_metadata`` adds the fields query filters need. Without
+    ``image`` (the model read the object from S3), size and format are unknown: 0 and ""."""
     return {
         "source_uri": obj.uri,
         "bucket": obj.bucket,
@@ -142,9 +143,9 @@ def record_metadata(
         "etag": obj.etag,
         "size": obj.size,
         "last_modified": obj.last_modified.isoformat() if obj.last_modified else "",
-        "width": image.source_width,
-        "height": image.source_height,
-        "format": image.source_format or "",
+        "width": image.source_width if image else 0,
+        "height": image.source_height if image else 0,
+        "format": (image.source_format or "") if image else "",
         "model_id": embedder.model_id,
         "dim": embedder.dim,
         "normalize_version": NORMALIZE_VERSION,
@@ -197,6 +198,44 @@ def prepare_object(
         return None, Failure(id=obj.uri, etag=obj.etag, stage="normalize", reason=exc.reason,
                              permanent=True), len(data)
     return image, None, len(data)
+
+
+S3_IMAGE_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif",
+                    ".webp": "webp"}
+
+
+def s3_image_format(rt: Runtime, obj: SourceObject) -> str | None:
+    """The format to name when the model may read ``obj`` from S3 itself, else None."""
+    if not (rt.settings.s3_location and obj.bucket):
+        return None
+    limit = rt.embedder.spec.max_s3_image_bytes
+    if not limit or obj.size > limit:
+        return None
+    suffix = obj.key[obj.key.rfind("."):].lower() if "." in obj.key else ""
+    return S3_IMAGE_FORMATS.get(suffix)
+
+
+def _embed_s3_object(rt: Runtime, obj: SourceObject, image_format: str, run_id: str) -> _Unit:
+    """Embed an object the model reads from S3 (``s3Location``): no download, no normalize."""
+    unit = _Unit([obj])
+    try:
+        unit.vectors = [rt.embedder.embed_s3_image(obj.uri, image_format)]
+    except EmbedFailed as exc:
+        unit.failures = [Failure(id=obj.uri, etag=obj.etag, stage="embed", reason=exc.reason,
+                                 permanent=exc.permanent)]
+        unit.objects = []
+        return unit
+    unit.billed_images = 1
+    unit.metadatas = [record_metadata(obj, None, rt.embedder, run_id)]
+    return unit
+
+
+def _run_object(rt: Runtime, obj: SourceObject, run_id: str) -> _Unit:
+    """Download, normalize and embed one object in one thread (or let the model read it)."""
+    image_format = s3_image_format(rt, obj)
+    if image_format is not None:
+        return _embed_s3_object(rt, obj, image_format, run_id)
+    return _embed_unit(rt, _prepare_unit(rt, _Unit([obj])), run_id)
 
 
 def _prepare_unit(rt: Runtime, unit: _Unit) -> _Unit:
@@ -272,16 +311,16 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
     """Download, normalize and embed ``objects`` concurrently, then upsert the successes.
 
     A model taking one image a call gets each object downloaded, normalized and embedded by
-    one thread; a model taking several gets all of them prepared concurrently first, then
-    embedded in groups of its ``max_batch`` (its embedder splits a group further by request
-    size). Per-item problems become Failures (permanent ones go to the ledger); only
-    run-level errors (credentials, access, store) raise.
+    one thread (or read from S3 by the model, see ``s3_image_format``); a model taking
+    several gets all of them prepared concurrently first, then embedded in groups of its
+    ``max_batch`` (its embedder splits a group further by request size). Per-item problems
+    become Failures (permanent ones go to the ledger); only run-level errors (credentials,
+    access, store) raise.
     """
     started = time.perf_counter()
     step = rt.embedder.max_batch
     if step == 1:
-        done = list(rt.pool.map(
-            lambda obj: _embed_unit(rt, _prepare_unit(rt, _Unit([obj])), run_id), objects))
+        done = list(rt.pool.map(lambda obj: _run_object(rt, obj, run_id), objects))
     else:
         prepared = list(rt.pool.map(lambda obj: _prepare_unit(rt, _Unit([obj])), objects))
         done = list(rt.pool.map(lambda unit: _embed_unit(rt, unit, run_id),

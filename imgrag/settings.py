@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     concurrency: int = Field(32, ge=1, le=256, description="Parallel downloads/embeds.")
     max_side: int = Field(2048, ge=64, le=4096, description="Longest side sent to the model"
                           " (and never above the model's own limit).")
+    s3_location: bool = Field(
+        False, description="Let a model that reads S3 itself (Nova) fetch S3 images by"
+        " s3Location: nothing downloaded or normalized here; width and height stay unknown.")
     max_object_bytes: int = Field(
         100 * 1024 * 1024, ge=1, description="Objects larger than this are not downloaded."
     )

@@ -209,3 +209,27 @@ def test_settings_take_short_names_and_check_the_models_dimensions() -> None:
         Settings(dim=3072)
     with pytest.raises(ConfigError, match="unsupported model 'clip'"):
         Settings(model="clip")
+
+
+def test_nova_reads_s3_images_itself_when_allowed(
+        bedrock: FakeBedrock, s3, bucket: str, tmp_path: Path) -> None:
+    from imgrag.sources import open_source
+
+    for colour in ("red", "blue"):
+        s3.put_object(Bucket=bucket, Key=f"p/{colour}.jpg", Body=image_bytes(COLOURS[colour]))
+    s3.put_object(Bucket=bucket, Key="p/notes.jpg", Body=b"not an image")
+    settings = Settings(chroma_path=tmp_path / "db", model="nova", dim=256, s3_location=True)
+    rt = Runtime(settings, open_source(f"s3://{bucket}/p/", settings), ImageStore.open(settings),
+                 make_embedder(settings), FailureLedger(tmp_path / "ledger", "images"),
+                 ThreadPoolExecutor(2))
+    try:
+        result = process_batch(rt, list(rt.source.list_objects()), "run")
+        red = rt.store.get_embedding(f"s3://{bucket}/p/red.jpg")
+        meta = rt.store.get([f"s3://{bucket}/p/red.jpg"])[f"s3://{bucket}/p/red.jpg"]
+        query = rt.embedder.embed_text("red")
+    finally:
+        rt.close()
+    assert (result.upserted, result.bytes_downloaded) == (2, 0)  # nothing downloaded here
+    assert [(f.id.rsplit("/", 1)[1], f.permanent) for f in result.failures] == [
+        ("notes.jpg", True)]  # the model's ValidationException, recorded
+    assert cos(query, red) > 0.8 and (meta["width"], meta["format"]) == (0, "")

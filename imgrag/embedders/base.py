@@ -42,7 +42,7 @@ class ModelSpec(BaseModel):
     price_per_image: float  # USD, on-demand
     price_per_1k_text_tokens: float  # USD, on-demand
     batch_inference: bool  # Bedrock batch inference (CreateModelInvocationJob) supported
-    s3_images: bool = False  # images can be given by s3Location instead of bytes
+    max_s3_image_bytes: int = 0  # images read by Bedrock from S3 (s3Location); 0: never
     languages: str
     sources: str  # where the facts come from
 
@@ -66,6 +66,12 @@ class ModelFormat(ABC):
     @abstractmethod
     def vectors(cls, response: dict[str, Any]) -> list[list[float]]:
         """The vectors of a response, in request order."""
+
+    @classmethod
+    def s3_image_body(cls, uri: str, image_format: str, dim: int) -> str:
+        """The request embedding an image Bedrock reads from S3 (models with
+        ``max_s3_image_bytes`` only)."""
+        raise NotImplementedError(f"{cls.spec.name} takes no S3 locations")
 
     @classmethod
     def request_bytes(cls, image_bytes: int) -> int:
@@ -95,6 +101,9 @@ class Embedder(Protocol):
 
     def embed_text(self, text: str) -> list[float]:
         """The vector of a text query, truncated to the model's input limit."""
+
+    def embed_s3_image(self, uri: str, image_format: str) -> list[float]:
+        """The vector of an image the model reads from S3 itself (``max_s3_image_bytes``)."""
 
     def close(self) -> None:
         """Close the model client's connections."""

@@ -140,6 +140,11 @@ class BedrockEmbedder:
                                      len(group))
         return vectors
 
+    def embed_s3_image(self, uri: str, image_format: str) -> list[float]:
+        """Embed an image Bedrock reads from S3 (``s3Location``): nothing downloaded here."""
+        body = self.format.s3_image_body(uri, image_format, self.dim)
+        return self._vectors(self._invoke(body)[0], 1)[0]
+
     def embed_text(self, text: str) -> list[float]:
         """Embed a query text (cut to the model's input limit)."""
         response, tokens = self._invoke(self.format.text_body(text, self.dim))

@@ -32,7 +32,7 @@ SPEC = ModelSpec(
     price_per_image=0.00006,
     price_per_1k_text_tokens=0.000135,
     batch_inference=True,
-    s3_images=True,
+    max_s3_image_bytes=50 * 1024 * 1024,
     languages="200+ languages (text)",
     sources="docs.aws.amazon.com/nova/latest/userguide/embeddings-schema.html",
 )
