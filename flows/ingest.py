@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m flows.ingest",
         description=(
             "Index the images under an S3 prefix or a local folder into a Chroma collection "
-            "with Amazon Titan Multimodal Embeddings. Incremental: only new or changed "
+            "with an Amazon Bedrock embedding model (--model). Incremental: only new or changed "
             "objects (by ETag) are embedded; records of objects deleted from the listed "
             "scope are removed. Settings also come from IMGRAG_* environment variables; AWS "
             "configuration is boto3's own (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_S3, "

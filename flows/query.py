@@ -1,4 +1,4 @@
-"""The query flow: text or an example image → Titan embedding → Chroma nearest neighbours,
+"""The query flow: text or an example image → its collection's model → Chroma nearest neighbours,
 filtered by metadata; the CLI also writes HTML/PNG galleries and OpenAI vision summaries.
 ``python -m flows.query --help`` for the CLI."""
 
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flows.query",
         description="Search indexed images by text or by an example image: the query is "
-        "embedded with Amazon Titan Multimodal Embeddings and the nearest images (cosine "
+        "embedded with the collection's Amazon Bedrock model and the nearest images (cosine "
         "distance) are printed. Repeated texts are answered from a local embedding cache.",
         epilog="Exit status: 0 on success; 2 on bad input, an unreachable store or model, "
         "or a failed --summarize (the hits are still printed).",

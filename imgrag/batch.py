@@ -64,13 +64,12 @@ def record_id(obj: SourceObject) -> str:
 
 
 def use_batch(settings_mode: str, todo: int, threshold: int, batchable: bool) -> bool:
-    """Whether a run with ``todo`` images to embed goes through a batch job."""
-    if settings_mode == "batch" and not batchable:
-        raise ConfigError("this model does not support Bedrock batch inference;"
-                          " use --mode on-demand")
+    """Whether a run with ``todo`` images to embed goes through a batch job (a job takes
+    at least 100 records; ``auto`` only for a model batch inference supports)."""
     if settings_mode == "batch":
         return todo >= MIN_RECORDS_PER_JOB
-    return settings_mode == "auto" and batchable and todo >= threshold
+    return settings_mode == "auto" and batchable and todo >= max(threshold,
+                                                                 MIN_RECORDS_PER_JOB)
 
 
 class BatchInference:
@@ -78,9 +77,8 @@ class BatchInference:
 
     def __init__(self, rt: Runtime, *, s3: Any = None, bedrock: Any = None) -> None:
         settings = rt.settings
-        if not settings.batch_role_arn or not settings.batch_staging_uri:
-            raise ConfigError("batch mode needs IMGRAG_BATCH_ROLE_ARN and"
-                              " IMGRAG_BATCH_STAGING_URI (s3://BUCKET/PREFIX)")
+        if not settings.batch_staging_uri:
+            raise ConfigError("batch inference needs IMGRAG_BATCH_STAGING_URI (s3://BUCKET/PREFIX)")
         self.rt = rt
         self.format = model_format(settings.model_id)
         self.bucket, prefix = parse_s3_uri(settings.batch_staging_uri)

@@ -127,6 +127,12 @@ class Settings(BaseSettings):
             self.price_per_image = spec.price_per_image
         if self.price_per_1k_text_tokens is None:
             self.price_per_1k_text_tokens = spec.price_per_1k_text_tokens
+        if self.mode == "batch" and not spec.batch_inference:
+            raise ValueError(f"{spec.name} does not support Bedrock batch inference;"
+                             " use mode on-demand")
+        if self.mode != "on-demand" and not (self.batch_role_arn and self.batch_staging_uri):
+            raise ValueError(f"mode {self.mode} needs IMGRAG_BATCH_ROLE_ARN and"
+                             " IMGRAG_BATCH_STAGING_URI (s3://BUCKET/PREFIX)")
         return self
 
     @property

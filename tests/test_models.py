@@ -233,3 +233,14 @@ def test_nova_reads_s3_images_itself_when_allowed(
     assert [(f.id.rsplit("/", 1)[1], f.permanent) for f in result.failures] == [
         ("notes.jpg", True)]  # the model's ValidationException, recorded
     assert cos(query, red) > 0.8 and (meta["width"], meta["format"]) == (0, "")
+
+
+def test_batch_mode_needs_its_settings_and_a_model_batch_inference_takes() -> None:
+    with pytest.raises(ValueError, match="IMGRAG_BATCH_ROLE_ARN"):
+        Settings(mode="auto")
+    batch = {"batch_role_arn": "arn:aws:iam::123456789012:role/r",
+             "batch_staging_uri": "s3://b/p/"}
+    assert Settings(mode="batch", model="nova", **batch).mode == "batch"
+    with pytest.raises(ValueError, match="Cohere Embed v4 does not support"):
+        Settings(mode="batch", model="cohere", **batch)
+    assert Settings(mode="auto", model="cohere", **batch).mode == "auto"  # on-demand then

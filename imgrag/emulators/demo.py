@@ -1,4 +1,4 @@
-"""The offline demo (``make demo``): a moto S3 server and the Titan EMULATOR on loopback, a
+"""The offline demo (``make demo``): a moto S3 server and the Bedrock EMULATOR on loopback, a
 generated sample bucket, then the real CLIs exactly as a user runs them:
 
 1. ``python -m flows.ingest --source s3://imgrag-demo/catalog/``  (first ingest)
@@ -107,7 +107,7 @@ def main() -> int:
             s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}README.txt", Body=b"not an image")
             print(f"S3 emulator (moto) at {s3_url}, bucket {BUCKET} with "
                   f"{len(PALETTE) * len(ITEMS)} images, 1 corrupt file and 1 text file")
-            print(f"Titan EMULATOR (not a model: colour-based vectors) at {bedrock.url}")
+            print(f"Bedrock EMULATOR (not a model: colour-based vectors) at {bedrock.url}")
 
             source = f"s3://{BUCKET}/{PREFIX}"
             run("first ingest", ["-m", "flows.ingest", "--source", source], env)
