@@ -10,7 +10,7 @@ every object's bytes unique), then measures in this process:
 - ``baseline``: the original notebook's way, one image at a time: GetObject, PIL open,
   convert RGB, thumbnail to 2048, save JPEG, InvokeModel, ``collection.add`` (default boto3
   clients, an embedded Chroma collection);
-- ``first``: imgrag's first ingest through the real flow (``flows.ingest.ingest_flow``, the
+- ``first``: imgrag's first ingest through the real flow (``flows.ingest_flow.ingest_flow``, the
   function the CLI runs), default settings unless ``--concurrency``/``--batch-size``
   (given lists, e.g. ``--concurrency 8,16,32``, only first ingests are run, one per
   combination, each into a fresh store: a sweep to choose the defaults);
@@ -233,7 +233,7 @@ class Bench:
     def flow_run(self, bucket: str, prefix: str, store: Path | None = None,
                  concurrency: int | None = None, batch_size: int | None = None,
                  ) -> Callable[[], tuple[int, int]]:
-        from flows.ingest import ingest_flow  # imported once the environment is set
+        from flows.ingest_flow import ingest_flow  # imported once the environment is set
 
         def run() -> tuple[int, int]:
             report = ingest_flow(source=f"s3://{bucket}/{prefix}",

@@ -25,8 +25,8 @@ from prefect.settings import PREFECT_API_URL
 from prefect.utilities.templating import apply_values
 
 from flows.cli import print_error
-from flows.ingest import ingest_flow
-from flows.query import query_flow
+from flows.ingest_flow import ingest_flow
+from flows.query_flow import query_flow
 from imgrag.errors import ConfigError
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"

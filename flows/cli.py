@@ -1,77 +1,87 @@
-"""What the ingest and query CLIs share: store flags, settings from flags, one-line errors."""
+"""What the ingest and query CLIs share: running as the process, one-line errors, terminal-safe
+text (and the store flags and settings of :mod:`imgrag.cli`)."""
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import re
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn
 
-from prefect.logging.handlers import PrefectConsoleHandler
-from pydantic import ValidationError
-
+from imgrag.cli import add_store_arguments, config_error, settings_from_cli
 from imgrag.errors import ConfigError, ImgragError
-from imgrag.settings import Settings
+
+__all__ = ["add_store_arguments", "config_error", "print_error", "run_cli", "settings_from_cli"]
 
 
 def run_cli(main: Callable[[], int]) -> NoReturn:
     """Run a CLI's ``main`` as this process and exit with its status.
 
     The ~200k objects a CLI imports (Prefect, Chroma, boto3) are never garbage, yet the
-    collector's full passes over them cost ≈ 0.25 s while importing (``flows/__init__.py``
-    pauses it) and ≈ 0.5 s at interpreter exit. So they are frozen out of its sight
-    (``gc.freeze``) before the run, and everything is frozen again before exiting.
+    collector's full passes over them cost ≈ 0.25 s while importing (see ``quiet_gc``)
+    and ≈ 0.5 s at interpreter exit, so everything is frozen out of its sight before
+    exiting. An interrupt is one line, never a traceback.
     """
     gc.freeze()
-    gc.enable()
-    code = main()
+    gc.enable()  # flows/__init__.py paused it for the CLI module's own imports
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before main's own handler was reached
+        code = print_interrupted("command")
     gc.freeze()
     sys.exit(code)
 
 
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by the ingest and query CLIs."""
-    parser.add_argument("--chroma-path", help="embedded Chroma directory "
-                        "(IMGRAG_CHROMA_PATH, default ./chroma_images_db)")
-    parser.add_argument("--chroma-url", help="Chroma server URL, e.g. http://localhost:8000 "
-                        "(IMGRAG_CHROMA_URL)")
-    parser.add_argument("--collection", help="collection name (IMGRAG_COLLECTION, "
-                        "default images)")
-    parser.add_argument("--model", help="embedding model: titan, nova, cohere or a Bedrock "
-                        "model id (IMGRAG_MODEL, default titan); a query uses its collection's")
-    parser.add_argument("--dim", type=int, help="embedding length, one of the model's "
-                        "(IMGRAG_DIM, default the model's)")
-    parser.add_argument("--region", help="AWS region for Bedrock and S3 (default: boto3's)")
-
-
-def config_error(exc: ValidationError) -> ConfigError:
-    """The first problem of a pydantic ValidationError as a one-line ConfigError."""
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    return ConfigError(f"invalid {field}: {message}" if field else message)
-
-
-def settings_from_cli(**overrides: Any) -> Settings:
-    """Settings from the environment with non-None flags (or flow parameters) on top;
-    ConfigError (one line) if a value is invalid."""
+@contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Import the heavy libraries (Prefect, Chroma, boto3) with the collector paused, then
+    freeze what they created out of its sight: they are never garbage."""
+    gc.disable()
     try:
-        settings = Settings.from_overrides(**overrides)
-    except ValidationError as exc:
-        raise config_error(exc) from None
-    if overrides.get("chroma_path") and settings.chroma_url:
-        raise ConfigError("--chroma-path (an embedded store) and a Chroma server URL"
-                          " (--chroma-url or IMGRAG_CHROMA_URL) exclude each other")
-    return settings
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def print_error(exc: ImgragError) -> int:
     """Print ``exc`` as the CLI's one error line; the exit status for it (2)."""
-    print(f"imgrag: error: {exc}", file=sys.stderr)
+    print(f"imgrag: error: {safe_text(str(exc))}", file=sys.stderr)
     return 2
+
+
+def print_interrupted(what: str) -> int:
+    """The one line for Ctrl-C; the exit status for it (130, as shells report SIGINT)."""
+    print(f"imgrag: interrupted: {what} stopped (batches already embedded are stored)",
+          file=sys.stderr)
+    return 130
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def require_utf8(flag: str, value: str | None) -> None:
+    """ConfigError when a command-line value holds bytes that are not UTF-8 (Python keeps
+    them as lone surrogates; they cannot be embedded, stored or printed)."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        name = "the query text" if flag == "text" else f"--{flag.replace('_', '-')}"
+        raise ConfigError(f"{name} is not valid UTF-8 (check the terminal's locale): "
+                          f"{safe_text(value)}") from None
+
+
+def safe_text(text: str) -> str:
+    """``text`` fit for a terminal: control characters (ESC, CR, ...) and undecodable
+    bytes shown as escapes, so an object key cannot move the cursor or clear the screen.
+    ``--json`` output is exact instead."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape",
+                                                       "backslashreplace").decode(), text)
 
 
 # How Prefect states a run ended by an exception: ``Failed('Task run encountered an
@@ -109,6 +119,8 @@ _RUN_ERROR_FILTER = _RunErrorFilter()
 
 def hide_run_error_tracebacks() -> None:
     """Keep Prefect's console handler from printing run-level errors the CLI reports."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler) and _RUN_ERROR_FILTER not in handler.filters:
             handler.addFilter(_RUN_ERROR_FILTER)

@@ -1,191 +1,43 @@
-"""The ingest flow: list → plan by ETag → batches (download → normalize → embed → upsert)
-→ delete what left the source → report. ``python -m flows.ingest --help`` for the CLI."""
+"""``python -m flows.ingest``: the ingest CLI. It runs ``ingest_flow`` (flows/ingest_flow.py)
+as a Prefect flow, against the configured Prefect API or a temporary server.
+
+Start-up stays cheap: ``--help``, flag errors and preflight errors import neither Prefect
+nor Chroma; Prefect is imported only once the run starts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
-
-from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture
-from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from flows.cli import (
     add_store_arguments,
-    hide_run_error_tracebacks,
     print_error,
+    print_interrupted,
+    quiet_gc,
     run_cli,
+    safe_text,
     settings_from_cli,
 )
-from imgrag.embedders import check_embedder
-from imgrag.errors import ConfigError, ImgragError
-from imgrag.lock import check_unlocked, writer_lock
-from imgrag.pipeline import Runtime, close_runtime, hold_runtime
-from imgrag.records import BatchResult, IngestReport, SourceObject
-from imgrag.sources import check_source
-from imgrag.store import make_chroma_client
-from imgrag.sync import ScopePlanner, parse_shard
-from tasks.batch import embed_with_batch_jobs
-from tasks.guard import exclusive_ingest
-from tasks.ingest import delete_records, ingest_batch
-from tasks.report import publish_ingest_report, start_progress, update_progress
+from flows.prefect_api import prefect_errors, prepare_flow_run
+from imgrag.errors import ImgragError
 
-MAX_BATCHES_IN_FLIGHT = 2  # one embedding while the next downloads/normalizes
+if TYPE_CHECKING:
+    from imgrag.records import IngestReport
+
 MAX_PRINTED_FAILURES = 20  # the text report's failure lines; --json has them all
 
 
-def batched(objects: Iterable[SourceObject], size: int) -> Iterator[list[SourceObject]]:
-    """Group a stream into lists of ``size`` (the last may be shorter)."""
-    batch: list[SourceObject] = []
-    for obj in objects:
-        batch.append(obj)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def __getattr__(name: str) -> Any:
+    """``flows/ingest.py:ingest_flow``, the entrypoint of deployments made before the flow
+    moved to flows/ingest_flow.py, keeps loading."""
+    if name == "ingest_flow":
+        from flows.ingest_flow import ingest_flow
 
-
-@flow(
-    name="ingest-images",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_BATCHES_IN_FLIGHT),
-    validate_parameters=True,
-)
-def ingest_flow(
-    source: str,
-    collection: str | None = None,
-    dim: int | None = None,
-    chroma_path: str | None = None,
-    chroma_url: str | None = None,
-    region: str | None = None,
-    batch_size: int | None = None,
-    concurrency: int | None = None,
-    retry_failed: bool = False,
-    shard: str | None = None,
-    allow_mass_delete: bool = False,
-    model: str | None = None,
-    mode: str | None = None,
-) -> IngestReport:
-    """Make ``source`` (``s3://bucket/prefix`` or a folder) searchable in a Chroma collection.
-
-    Embeds only new or changed objects (by ETag), removes records of deleted objects within
-    the listed scope, and records permanent failures so re-runs skip them.
-    """
-    if not source.strip():  # e.g. a deployment made without IMGRAG_SOURCE set
-        raise ConfigError("no source given: pass s3://BUCKET/PREFIX or a folder path")
-    if shard is not None and not shard.strip():  # the ingest-shard deployment's placeholder
-        raise ConfigError("no shard given: pass shard=I/N (e.g. 0/4)")
-    settings = settings_from_cli(  # deployment parameters: bad values are one-line errors
-        collection=collection, dim=dim, chroma_path=chroma_path, chroma_url=chroma_url,
-        region=region, batch_size=batch_size, concurrency=concurrency, model=model, mode=mode,
-    )
-    with (
-        writer_lock(settings.chroma_url, settings.chroma_path),
-        exclusive_ingest(settings.chroma_url, settings.collection, shard),
-    ):
-        rt = hold_runtime(settings, source)
-        try:
-            report = _ingest(rt, source, retry_failed, shard, allow_mass_delete)
-        finally:
-            close_runtime(settings, source)
-    publish_ingest_report(report)
-    return report
-
-
-def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
-            allow_mass_delete: bool) -> IngestReport:
-    logger = get_run_logger()
-    started = time.perf_counter()
-    run_id = flow_run.get_id() or "local"
-    settings = rt.settings
-    scope = rt.source.scope
-    planner = ScopePlanner(scope, rt.store.manifest(rt.source.bucket, scope),
-                           rt.ledger.known(scope), parse_shard(shard), retry_failed)
-    report = IngestReport(run_id=run_id, source=scope, collection=settings.collection,
-                          model_id=settings.model_id, dim=settings.dim)
-    plain = settings.public_dict()
-    progress = start_progress(settings.collection)
-    logger.info("listing %s; %d records already indexed under it", scope, planner.indexed)
-
-    in_flight: deque[PrefectFuture[BatchResult]] = deque()
-    queued = 0
-
-    def collect_result(result: BatchResult) -> None:
-        report.embedded += result.upserted
-        report.billed_images += result.billed_images
-        report.batch_images += result.batch_images
-        report.bytes_downloaded += result.bytes_downloaded
-        report.stale_removed += result.stale_removed
-        report.failures += result.failures
-
-    def collect(future: PrefectFuture[BatchResult], listing_done: bool) -> None:
-        result = future.result()
-        collect_result(result)
-        done = report.embedded + len(report.failures)
-        elapsed = time.perf_counter() - started
-        logger.info(
-            "batch done: %d embedded, %d failed in %.1fs | total %d/%d, %.1f images/s",
-            result.upserted, len(result.failures), result.seconds, done, queued,
-            report.embedded / elapsed if elapsed else 0.0,
-        )
-        update_progress(progress, done, queued, listing_done)
-
-    listing = rt.source.list_objects()
-    todo: Iterable[SourceObject] = planner.todo(listing)
-    if settings.batch_staging_uri or settings.mode != "on-demand":  # jobs to collect or make
-        todo, results, report.batch_jobs = embed_with_batch_jobs(settings, source, list(todo),
-                                                                  run_id)
-        queued += sum(r.upserted + len(r.failures) for r in results)
-        for result in results:
-            collect_result(result)
-    try:
-        for number, batch in enumerate(batched(todo, settings.batch_size), start=1):
-            queued += len(batch)
-            in_flight.append(ingest_batch.submit(plain, source, batch, run_id, number))
-            if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
-                collect(in_flight.popleft(), listing_done=False)
-        while in_flight:
-            collect(in_flight.popleft(), listing_done=True)
-    finally:
-        for future in in_flight:  # a batch failed: let the others finish their upserts
-            future.wait()
-
-    sweep = planner.sweep(listing.unreadable, settings.max_delete_fraction, allow_mass_delete)
-    if listing.unreadable:
-        report.warnings.append(
-            f"{len(listing.unreadable)} paths could not be read (first:"
-            f" {listing.unreadable[0]}); records under them were kept")
-    if sweep.warning:
-        report.warnings.append(sweep.warning)
-    if sweep.deleted or sweep.stale or sweep.failures_gone:
-        delete_records(plain, source, sweep.deleted + sweep.stale, sweep.failures_gone)
-    plan = planner.plan
-    elapsed = time.perf_counter() - started
-    report = report.model_copy(update={
-        "listed": plan.listed, "ignored": listing.ignored, "new": plan.new,
-        "changed": plan.changed, "unchanged": plan.unchanged, "skipped": plan.skipped,
-        "deleted": len(sweep.deleted), "deletions_withheld": sweep.withheld,
-        "stale_removed": report.stale_removed + len(sweep.stale),
-        "failed": len(report.failures),
-        "unreadable": len(listing.unreadable),
-        "duration_s": round(elapsed, 3),
-        "images_per_s": round(report.embedded / elapsed, 2) if elapsed else 0.0,
-        "estimated_cost_usd": round(settings.price_per_image * (
-            report.billed_images - report.batch_images * (1 - settings.batch_price_factor)), 6),
-    })
-    logger.info(
-        "done: listed %d, new %d, changed %d, deleted %d, unchanged %d, skipped %d, failed %d,"
-        " embedded %d in %.1fs", report.listed, report.new, report.changed, report.deleted,
-        report.unchanged, report.skipped, report.failed, report.embedded, elapsed,
-    )
-    for warning in report.warnings:
-        logger.warning(warning)
-    return report
+        return ingest_flow
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,8 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
             "configuration is boto3's own (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_S3, "
             "AWS_ENDPOINT_URL_BEDROCK_RUNTIME, ...)."
         ),
-        epilog="Exit status: 0 when the run finished (per-item failures are reported); "
-        "2 when it could not run (bad input, source or store unreachable, no credentials).",
+        epilog="Every run is a Prefect flow run, recorded with its artifacts (counts, "
+        "failures, cost) in the Prefect API named by PREFECT_API_URL. Without one, a "
+        "temporary Prefect server is started for the run (slow: tens of seconds on a busy "
+        "machine) and its records are kept in PREFECT_HOME. Exit status: 0 when the run "
+        "finished (per-item failures are reported); 2 when it could not run (bad input, "
+        "source, store or Prefect API unreachable, no credentials); 130 when interrupted.",
     )
     parser.add_argument("--source", required=True,
                         help="s3://BUCKET/PREFIX or a local folder path")
@@ -228,9 +84,9 @@ def print_report(report: IngestReport, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.model_dump(mode="json"), indent=2))
         return
-    print(f"source      {report.source}\ncollection  {report.collection}")
-    for name in ("listed", "new", "changed", "deleted", "unchanged", "skipped", "failed",
-                 "embedded", "ignored"):
+    print(f"source      {safe_text(report.source)}\ncollection  {report.collection}")
+    for name in ("listed", "new", "changed", "deleted", "unchanged", "refreshed", "skipped",
+                 "failed", "embedded", "ignored"):
         print(f"{name:<11} {getattr(report, name)}")
     print(f"duration    {report.duration_s:.1f}s ({report.images_per_s:.1f} images/s), "
           f"Bedrock images billed {report.billed_images},"
@@ -239,11 +95,35 @@ def print_report(report: IngestReport, as_json: bool) -> None:
         print(f"batch       {report.batch_images} images at the batch price; jobs submitted:"
               f" {', '.join(report.batch_jobs) or 'none'}")
     for failure in report.failures[:MAX_PRINTED_FAILURES]:
-        print(f"FAILED {failure.id} [{failure.stage}] {failure.reason}")
+        print(f"FAILED {safe_text(failure.id)} [{failure.stage}] {safe_text(failure.reason)}")
     if len(report.failures) > MAX_PRINTED_FAILURES:
         print(f"... and {len(report.failures) - MAX_PRINTED_FAILURES} more (see --json)")
     for warning in report.warnings:
-        print(f"WARNING {warning}")
+        print(f"WARNING {safe_text(warning)}")
+
+
+def preflight(params: dict[str, Any]) -> None:
+    """Reject what would stop the run before starting Prefect: fast one-line errors, and
+    nothing written (no store directory, no state files). Cheapest checks first."""
+    with quiet_gc():
+        from imgrag.lock import check_unlocked
+        from imgrag.sources import check_source
+        from imgrag.sync import parse_shard
+
+    settings = settings_from_cli(**{k: v for k, v in params.items()
+                                    if k not in ("source", "retry_failed", "shard",
+                                                 "allow_mass_delete")})
+    parse_shard(params["shard"])
+    check_source(params["source"], settings)
+    if not settings.chroma_url:
+        check_unlocked(settings.chroma_path)
+    with quiet_gc():
+        from imgrag.embedders import check_embedder
+    check_embedder(settings)
+    if settings.chroma_url:
+        with quiet_gc():
+            from imgrag.store import make_chroma_client
+        make_chroma_client(settings)  # reachable (the HTTP client checks on creation)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,29 +135,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "retry_failed": args.retry_failed, "shard": args.shard,
         "allow_mass_delete": args.allow_mass_delete, "model": args.model, "mode": args.mode,
     }
-    hide_run_error_tracebacks()
     try:
         preflight(params)
-        report = ingest_flow(**params)
+        prepare_flow_run("ingest")
+        with prefect_errors():
+            with quiet_gc():
+                from flows.cli import hide_run_error_tracebacks
+                from flows.ingest_flow import ingest_flow
+            hide_run_error_tracebacks()
+            report = ingest_flow(**params)
     except ImgragError as exc:
         return print_error(exc)
+    except KeyboardInterrupt:
+        return print_interrupted("ingest")
     print_report(report, args.json)
     return 0
-
-
-def preflight(params: dict[str, Any]) -> None:
-    """Reject what would stop the run before starting Prefect: fast one-line errors, and
-    nothing written (no store directory, no state files)."""
-    settings = settings_from_cli(**{k: v for k, v in params.items()
-                                    if k not in ("source", "retry_failed", "shard",
-                                                 "allow_mass_delete")})
-    parse_shard(params["shard"])
-    check_source(params["source"], settings)
-    if settings.chroma_url:
-        make_chroma_client(settings)  # reachable (the HTTP client checks on creation)
-    else:
-        check_unlocked(settings.chroma_path)
-    check_embedder(settings)
 
 
 if __name__ == "__main__":

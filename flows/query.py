@@ -1,6 +1,12 @@
-"""The query flow: text or an example image → its collection's model → Chroma nearest neighbours,
-filtered by metadata; the CLI also writes HTML/PNG galleries and OpenAI vision summaries.
-``python -m flows.query --help`` for the CLI."""
+"""``python -m flows.query``: search the index from a terminal.
+
+With a Prefect API configured (``PREFECT_API_URL`` or the active Prefect profile), the
+search runs as the ``query-images`` flow (flows/query_flow.py), recorded with its hits
+artifact like deployment and UI runs. Without one it calls the library directly: an
+interactive query must not wait tens of seconds for a temporary Prefect server, so such
+runs are not recorded in Prefect. ``--help``, flag errors and bad input import neither
+Prefect nor Chroma nor boto3.
+"""
 
 from __future__ import annotations
 
@@ -8,83 +14,54 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-
-from prefect import flow
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from flows.cli import (
     add_store_arguments,
     config_error,
-    hide_run_error_tracebacks,
     print_error,
+    print_interrupted,
+    quiet_gc,
+    require_utf8,
     run_cli,
+    safe_text,
     settings_from_cli,
 )
+from flows.prefect_api import configured_api_url, prefect_errors
 from imgrag.errors import ConfigError, ImgragError
-from imgrag.filters import QueryFilters, parse_date
-from imgrag.gallery import (
-    contact_sheet,
-    human_bytes,
-    render_html,
-    write_contact_sheet,
-    write_html,
-)
-from imgrag.query import SearchRequest, check_image_ref, parse_where, settings_for_collection
-from imgrag.records import Hit
-from imgrag.settings import Settings
-from imgrag.summarize import (
-    DEFAULT_OPENAI_MODEL,
-    DEFAULT_SUMMARY_IMAGES,
-    Summary,
-    SummaryError,
-    summarize_hits,
-)
-from imgrag.thumbnails import ThumbnailLoader
-from tasks.query import search_task
-from tasks.report import publish_query_hits
+from imgrag.summarize import DEFAULT_OPENAI_MODEL, DEFAULT_SUMMARY_IMAGES
+
+if TYPE_CHECKING:
+    from imgrag.records import Hit
+    from imgrag.request import SearchRequest
+    from imgrag.settings import Settings
+    from imgrag.summarize import Summary
+    from imgrag.thumbnails import ThumbnailLoader
 
 
-@flow(name="query-images", validate_parameters=True)
-def query_flow(
-    text: str | None = None,
-    k: int = 8,
-    where: dict | None = None,
-    collection: str | None = None,
-    dim: int | None = None,
-    chroma_path: str | None = None,
-    chroma_url: str | None = None,
-    region: str | None = None,
-    image: str | None = None,
-    exclude_self: bool = False,
-    filters: QueryFilters | None = None,
-    max_distance: float | None = None,
-    model: str | None = None,
-) -> list[Hit]:
-    """The ``k`` indexed images closest to ``text`` or to the example ``image`` (a path or
-    s3:// URI), within the metadata ``where``/``filters``, none farther than ``max_distance``.
-    """
-    settings = settings_for_collection(
-        settings_from_cli(collection=collection, chroma_path=chroma_path,
-                          chroma_url=chroma_url, region=region), model=model, dim=dim)
-    try:
-        request = SearchRequest(text=text, image=image, k=k, where=where,
-                                filters=filters or QueryFilters(), exclude_self=exclude_self,
-                                max_distance=max_distance)
-    except ValidationError as exc:  # deployment parameters: a one-line error, no traceback
-        raise config_error(exc) from None
-    hits, text_tokens = search_task(settings.public_dict(), request)
-    publish_query_hits(request.label, settings.public_dict(), hits, text_tokens)
-    return hits
+def __getattr__(name: str) -> Any:
+    """``flows/query.py:query_flow``, the entrypoint of deployments made before the flow
+    moved to flows/query_flow.py, keeps loading."""
+    if name == "query_flow":
+        from flows.query_flow import query_flow
+
+        return query_flow
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flows.query",
         description="Search indexed images by text or by an example image: the query is "
-        "embedded with the collection's Amazon Bedrock model and the nearest images (cosine "
-        "distance) are printed. Repeated texts are answered from a local embedding cache.",
-        epilog="Exit status: 0 on success; 2 on bad input, an unreachable store or model, "
-        "or a failed --summarize (the hits are still printed).",
+        "embedded with the collection's model (the Amazon Bedrock model it was built with) and the "
+        "nearest images (cosine distance) are printed. Repeated texts are answered from a "
+        "local embedding cache.",
+        epilog="Prefect: with PREFECT_API_URL set (or a Prefect profile that sets it), the "
+        "search runs as the 'query-images' flow and is recorded there with its hits; "
+        "without it, it runs directly in this process and is not recorded (no temporary "
+        "Prefect server is started). Exit status: 0 on success; 2 on bad input, an "
+        "unreachable store, model or Prefect API, or a failed --summarize (the hits are "
+        "still printed); 130 when interrupted.",
     )
     parser.add_argument("text", nargs="?", help="what to look for, e.g. 'blue t-shirt'")
     parser.add_argument("-k", type=int, default=8, help="number of hits (default 8)")
@@ -128,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_request(args: argparse.Namespace) -> SearchRequest:
     """The search asked for on the command line; ConfigError on bad input."""
+    from pydantic import ValidationError
+
+    from imgrag.filters import QueryFilters, parse_date
+    from imgrag.request import SearchRequest, check_image_ref, parse_where
+
+    for flag in ("text", "prefix", "bucket", "where", "collection"):
+        require_utf8(flag, getattr(args, flag))
     if args.summary_images < 1:
         raise ConfigError("--summary-images must be at least 1")
     if args.exclude_self and args.image is None:
@@ -144,8 +128,26 @@ def build_request(args: argparse.Namespace) -> SearchRequest:
     except ValidationError as exc:
         raise config_error(exc) from None
     if request.image is not None:
-        check_image_ref(request.image)  # before Prefect starts: a quick one-line error
+        check_image_ref(request.image)  # before anything heavy starts: a quick one-line error
     return request
+
+
+def search(request: SearchRequest, args: argparse.Namespace, settings: Settings) -> list[Hit]:
+    """The hits: through the query flow when a Prefect API is configured (the run is
+    recorded), else directly in this process."""
+    if configured_api_url():
+        with prefect_errors():
+            with quiet_gc():
+                from flows.cli import hide_run_error_tracebacks
+                from flows.query_flow import query_flow
+            hide_run_error_tracebacks()
+            return query_flow(request.text, request.k, request.where, args.collection,
+                              args.dim, args.chroma_path, args.chroma_url, args.region,
+                              request.image, request.exclude_self, request.filters,
+                              request.max_distance, args.model)
+    with quiet_gc():
+        from imgrag.query import LazyEmbedder, run_search
+    return run_search(settings, request, embedder=LazyEmbedder(settings))
 
 
 def print_hits(hits: list[Hit], as_json: bool) -> None:
@@ -155,7 +157,8 @@ def print_hits(hits: list[Hit], as_json: bool) -> None:
     if not hits:
         print("no hits")
     for hit in hits:
-        print(f"{hit.rank:>3}  {hit.distance:.4f}  {hit.id}  {hit.metadata.get('size', '?')} B")
+        print(f"{hit.rank:>3}  {hit.distance:.4f}  {safe_text(hit.id)}  "
+              f"{hit.metadata.get('size', '?')} B")
 
 
 def print_answer(
@@ -169,7 +172,8 @@ def print_answer(
         return
     print_hits(hits, as_json=False)
     if summary is not None:
-        print(f"\nSummary ({summary.model}):\n{summary}")
+        text = "\n".join(safe_text(line) for line in str(summary).splitlines())
+        print(f"\nSummary ({summary.model}):\n{text}")
 
 
 def write_outputs(args: argparse.Namespace, request: SearchRequest, settings: Settings,
@@ -177,6 +181,14 @@ def write_outputs(args: argparse.Namespace, request: SearchRequest, settings: Se
     """The --html page and --contact-sheet PNG, thumbnails loaded once for both."""
     if not (args.html or args.contact_sheet):
         return
+    from imgrag.gallery import (
+        contact_sheet,
+        human_bytes,
+        render_html,
+        write_contact_sheet,
+        write_html,
+    )
+
     thumbs = loader.load(hits)
     title = f'"{request.text}"' if request.text is not None else f"similar to {request.image}"
     subtitle = f"collection {settings.collection} · k={request.k}"
@@ -196,19 +208,25 @@ def write_outputs(args: argparse.Namespace, request: SearchRequest, settings: Se
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    hide_run_error_tracebacks()
     try:
-        request = build_request(args)
-        settings = settings_for_collection(
-            settings_from_cli(collection=args.collection, chroma_path=args.chroma_path,
-                              chroma_url=args.chroma_url, region=args.region),
-            model=args.model, dim=args.dim)
-        hits = query_flow(request.text, request.k, request.where, args.collection, args.dim,
-                          args.chroma_path, args.chroma_url, args.region, request.image,
-                          request.exclude_self, request.filters, request.max_distance,
-                          args.model)
+        return _run(args)
     except ImgragError as exc:
         return print_error(exc)
+    except KeyboardInterrupt:
+        return print_interrupted("query")
+
+
+def _run(args: argparse.Namespace) -> int:
+    request = build_request(args)
+    settings = settings_from_cli(collection=args.collection, chroma_path=args.chroma_path,
+                                 chroma_url=args.chroma_url, region=args.region)
+    with quiet_gc():
+        from imgrag.query import settings_for_collection
+        from imgrag.summarize import SummaryError, summarize_hits
+        from imgrag.thumbnails import ThumbnailLoader
+    # the collection's model and dimension; a missing store: one line, before any work
+    settings = settings_for_collection(settings, model=args.model, dim=args.dim)
+    hits = search(request, args, settings)
     loader = ThumbnailLoader(settings)
     summary: Summary | None = None
     summary_error: SummaryError | None = None
@@ -222,10 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_answer(hits, summary, str(summary_error) if summary_error else None, args.json)
     else:
         print_hits(hits, args.json)
-    try:
-        write_outputs(args, request, settings, hits, summary, loader)
-    except ImgragError as exc:
-        return print_error(exc)
+    write_outputs(args, request, settings, hits, summary, loader)
     if summary_error:
         return print_error(summary_error)
     return 0

@@ -4,14 +4,16 @@ Chroma 1.x metadata filters compare numbers (``$gt``…) and test equality or me
 (``$eq``, ``$in``, ``$contains`` on array fields); they cannot match a string prefix. So
 ingest stores two helper fields (see :func:`filter_metadata`):
 
-- ``dirs``: every folder prefix of the key (``a/b/c.jpg`` → ``["a/", "a/b/"]``), so a
+- ``dirs``: the folder prefixes of the key (``a/b/c.jpg`` → ``["a/", "a/b/"]``), so a
   folder prefix is one ``$contains`` test, applied inside the nearest-neighbour search
-  (the top-k stays exact);
+  (the top-k stays exact). Bounded: the first ``MAX_KEY_DIRS`` levels, each at most
+  ``MAX_DIR_CHARS`` long (all of them would grow with the square of the key's depth); a
+  deeper folder is narrowed to its deepest stored ancestor, then finished by key;
 - ``last_modified_ts``: ``last_modified`` as POSIX seconds, for ``--modified-after``.
 
-A prefix that ends inside a file name (``catalog/red-``) is narrowed to its folder by
-``dirs``, then finished by listing that folder's keys (see
-:func:`imgrag.query.resolve_where`).
+A prefix that ends inside a file name (``catalog/red-``), or lies deeper than ``dirs``
+reaches, is narrowed by ``dirs`` to its deepest stored folder, then finished by listing that
+folder's keys (see :func:`imgrag.query.resolve_where`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,29 @@ from pydantic import BaseModel, ConfigDict, Field
 from imgrag.errors import ConfigError
 from imgrag.records import SourceObject
 
+MAX_KEY_DIRS = 16
+"""Folder levels of a key stored in ``dirs``."""
+
+MAX_DIR_CHARS = 256
+"""Longest folder prefix stored in ``dirs``: a record's ``dirs`` stays under 4 KiB."""
+
 
 def key_dirs(key: str) -> list[str]:
-    """The folder prefixes of an object key, shortest first, each ending with ``/``."""
-    parts = key.split("/")[:-1]
-    return ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]
+    """The folder prefixes of an object key that ``dirs`` holds, shortest first, each
+    ending with ``/``: at most ``MAX_KEY_DIRS``, none longer than ``MAX_DIR_CHARS``."""
+    dirs: list[str] = []
+    end = key.find("/")
+    while end != -1 and end < MAX_DIR_CHARS and len(dirs) < MAX_KEY_DIRS:
+        dirs.append(key[: end + 1])
+        end = key.find("/", end + 1)
+    return dirs
+
+
+def stored_folder(prefix: str) -> str:
+    """The deepest folder of ``prefix`` that ``dirs`` holds ("" for none): every key that
+    starts with ``prefix`` has it in its ``dirs``."""
+    dirs = key_dirs(prefix[: prefix.rfind("/") + 1])
+    return dirs[-1] if dirs else ""
 
 
 def filter_metadata(obj: SourceObject) -> dict[str, Any]:
@@ -67,13 +87,14 @@ class QueryFilters(BaseModel):
 
     @property
     def folder(self) -> str:
-        """The folder part of ``prefix`` (up to its last ``/``), or ``""``."""
-        prefix = self.prefix or ""
-        return prefix[: prefix.rfind("/") + 1]
+        """The folder ``dirs`` can filter by: the prefix's own (up to its last ``/``) or,
+        when that is deeper than ``dirs`` reaches, its deepest stored ancestor; or ``""``."""
+        return stored_folder(self.prefix or "")
 
     @property
     def needs_key_scan(self) -> bool:
-        """True when the prefix ends inside a name, which no metadata filter can express."""
+        """True when the prefix ends inside a name or below the folders ``dirs`` holds,
+        which no metadata filter can express."""
         return bool(self.prefix) and self.prefix != self.folder
 
     def conditions(self) -> list[dict[str, Any]]:

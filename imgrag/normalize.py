@@ -21,25 +21,30 @@ Notes on the choices made here:
   never below the requested size). Other sources are resampled to the target.
 - Transparency is flattened onto white; 16-bit and float greyscale are scaled, not clipped;
   CMYK JPEGs without an Adobe marker are read as plain (non-inverted) CMYK.
-- Colour profiles are dropped, not applied: pixel values are kept as stored.
+- An embedded ICC colour profile is applied: the pixels are converted to sRGB (relative
+  colorimetric), which the output, untagged, is read as. Untagged images, sRGB profiles and
+  profiles LittleCMS cannot read keep their pixel values.
 - A baseline 8-bit YCbCr JPEG that is already within the limits, with no EXIF rotation, is
   passed through losslessly: the same tables and scan, metadata segments removed, instead of
   being decoded and re-encoded; libjpeg checks its headers and the start of its scan (see
-  :func:`_pass_through`).
+  :func:`_pass_through`). A JPEG tagged with a profile other than sRGB is converted instead.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
 
 import pydantic
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 NORMALIZE_VERSION: int = 1
 """Bump whenever the picture the model sees for a given input changes (stored in record
-metadata: older records are embedded again); not for byte-level changes to the same picture."""
+metadata: older records are embedded again); not for byte-level changes to the same picture.
+Not bumped when ICC profiles began to be applied: only images tagged with a non-sRGB profile
+look different, and a bump would re-embed (and bill) every record of every index."""
 
 MAX_SOURCE_PIXELS = 89_478_485
 """Default declared-pixel limit: Pillow's own decompression-bomb limit
@@ -70,6 +75,7 @@ _ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }  # the same table as PIL.ImageOps.exif_transpose
 _TEXT_BYTES = bytes({7, 8, 9, 10, 12, 13, 27} | set(range(0x20, 0x100)) - {0x7F})
+_PROFILE_MODES = {"RGB ": "RGB", "CMYK": "CMYK", "GRAY": "L"}  # ICC colour space → mode
 
 
 class NormalizeError(ValueError):
@@ -137,8 +143,10 @@ def normalize_image(
         data, target, max_source_pixels
     )
     method = _ORIENTATION_TRANSPOSE.get(orientation)
+    profile = _source_profile(image.info.get("icc_profile"))
     try:
-        rgb = _downscale(_to_rgb(image), target)
+        early = _to_srgb(image, profile) if image.mode in ("CMYK", "L") else image
+        rgb = _to_srgb(_downscale(_to_rgb(early), target), profile)  # RGB: after downscaling
         if method is not None:
             rgb = rgb.transpose(method)
         encoded, rgb = _encode_within(rgb, max_bytes, jpeg_quality)
@@ -260,6 +268,37 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         raise NormalizeError(f"unsupported image mode {mode}") from exc
 
 
+def _source_profile(icc: bytes | None) -> ImageCms.ImageCmsProfile | None:
+    """The embedded colour profile, when applying it changes the picture: None for no
+    profile, one LittleCMS cannot read, or an sRGB one."""
+    if not icc:
+        return None
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = ImageCms.getProfileDescription(profile)
+    except (OSError, ValueError, TypeError, ImageCms.PyCMSError):
+        return None
+    return None if "srgb" in description.lower() else profile
+
+
+@functools.cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _to_srgb(im: Image.Image, profile: ImageCms.ImageCmsProfile | None) -> Image.Image:
+    """``im`` converted from ``profile`` to sRGB RGB, when the profile describes its mode
+    (RGB, CMYK or L); otherwise, or if LittleCMS refuses, ``im`` itself."""
+    if profile is None or _PROFILE_MODES.get(profile.profile.xcolor_space) != im.mode:
+        return im
+    try:
+        transform = ImageCms.buildTransform(
+            profile, _srgb(), im.mode, "RGB", ImageCms.Intent.RELATIVE_COLORIMETRIC)
+        return ImageCms.applyTransform(im, transform) or im
+    except (OSError, ValueError, ImageCms.PyCMSError):
+        return im
+
+
 def _deep_grey_to_l(im: Image.Image) -> Image.Image:
     """Scale 16-bit / 32-bit integer / float greyscale to 8 bits instead of clipping at 255.
 
@@ -362,8 +401,9 @@ def _pass_through(
     """``data`` itself without its metadata, if it is a JPEG Titan takes as is; else None.
 
     Eligible: a baseline (SOF0) 8-bit YCbCr JPEG, one interleaved scan, longest side within
-    ``target``, pixels within the limits, EXIF orientation 1 (or none), at most ``max_bytes``
-    once stripped, a scan that runs to EOI, and tables libjpeg takes. Everything else, any
+    ``target``, pixels within the limits, EXIF orientation 1 (or none), no colour profile but
+    sRGB (or one that cannot be read), at most ``max_bytes`` once stripped, a scan that runs
+    to EOI, and tables libjpeg takes. Everything else, any
     structure this parser does not expect, gets None and takes the decode/re-encode path,
     which also words the errors: this path never refuses an image.
     """
@@ -375,6 +415,7 @@ def _pass_through(
         with Image.open(io.BytesIO(data)) as source:
             fmt, (width, height) = source.format, source.size
             orientation = _orientation(source)
+            profile = _source_profile(source.info.get("icc_profile"))
     except Exception:  # the other path reports it
         return None
     limit = max_source_pixels
@@ -383,6 +424,7 @@ def _pass_through(
     if (
         fmt not in _PASS_FORMATS
         or orientation != 1
+        or profile is not None
         or max(width, height) > target
         or width * height > limit
         or not _decoder_accepts(stripped, scan_start, (width, height))

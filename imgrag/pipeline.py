@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder
+from imgrag.errors import StoreError
 from imgrag.filters import filter_metadata
 from imgrag.ledger import FailureLedger
 from imgrag.normalize import NORMALIZE_VERSION, NormalizedImage, NormalizeError, normalize_image
@@ -141,8 +142,6 @@ def record_metadata(
         "bucket": obj.bucket,
         "key": obj.key,
         "etag": obj.etag,
-        "size": obj.size,
-        "last_modified": obj.last_modified.isoformat() if obj.last_modified else "",
         "width": image.source_width if image else 0,
         "height": image.source_height if image else 0,
         "format": (image.source_format or "") if image else "",
@@ -151,8 +150,22 @@ def record_metadata(
         "normalize_version": NORMALIZE_VERSION,
         "ingested_at": datetime.now(UTC).isoformat(),
         "run_id": run_id,
-        **filter_metadata(obj),
+        **listing_metadata(obj),
     }
+
+
+def listing_metadata(obj: SourceObject) -> dict[str, Any]:
+    """The metadata a listing alone decides (size, dates, the filter helpers): what a new
+    upload of the same bytes may change."""
+    return {"size": obj.size, "last_modified": obj.last_modified_text, **filter_metadata(obj)}
+
+
+def refresh_records(rt: Runtime, objects: Sequence[SourceObject]) -> int:
+    """Rewrite the listing metadata of unchanged records (no download, no embedding), in
+    batched updates; the number of records given."""
+    if objects:
+        rt.store.update_metadata([o.uri for o in objects], [listing_metadata(o) for o in objects])
+    return len(objects)
 
 
 def normalize_for_model(data: bytes, embedder: Embedder, settings: Settings) -> NormalizedImage:
@@ -176,6 +189,7 @@ class _Unit:
     failures: list[Failure] = field(default_factory=list)
     bytes_downloaded: int = 0
     billed_images: int = 0
+    store_error: StoreError | None = None  # not embedded: the store's writes gave up
 
 
 def prepare_object(
@@ -219,6 +233,11 @@ def _embed_s3_object(rt: Runtime, obj: SourceObject, image_format: str, run_id: 
     """Embed an object the model reads from S3 (``s3Location``): no download, no normalize."""
     unit = _Unit([obj])
     try:
+        rt.store.wait_writable()  # pay for no vectors while the store cannot take them
+    except StoreError as exc:
+        unit.store_error, unit.objects = exc, []
+        return unit
+    try:
         unit.vectors = [rt.embedder.embed_s3_image(obj.uri, image_format)]
     except EmbedFailed as exc:
         unit.failures = [Failure(id=obj.uri, etag=obj.etag, stage="embed", reason=exc.reason,
@@ -258,6 +277,11 @@ def _embed_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
     if not unit.objects:
         return unit
     try:
+        rt.store.wait_writable()  # pay for no vectors while the store cannot take them
+    except StoreError as exc:
+        unit.store_error, unit.objects, unit.images = exc, [], []
+        return unit
+    try:
         vectors = rt.embedder.embed_images([img.data for img in unit.images])
         unit.billed_images += len(vectors)  # failed calls are not billed
         if len(vectors) != len(unit.objects):  # ids and vectors would be misaligned
@@ -292,6 +316,7 @@ def _embed_each(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
         unit.metadatas += single.metadatas
         unit.failures += single.failures
         unit.billed_images += single.billed_images
+        unit.store_error = unit.store_error or single.store_error
     return unit
 
 
@@ -315,7 +340,8 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
     several gets all of them prepared concurrently first, then embedded in groups of its
     ``max_batch`` (its embedder splits a group further by request size). Per-item problems
     become Failures (permanent ones go to the ledger); only run-level errors (credentials,
-    access, store) raise.
+    access, store) raise. A store that cannot be written raises a StoreError after the
+    vectors already paid for were given every attempt to be stored.
     """
     started = time.perf_counter()
     step = rt.embedder.max_batch
@@ -337,6 +363,9 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
         rt.ledger.forget(ids)
     stale = remove_stale_records(rt, failures)
     rt.ledger.record(failures, run_id)  # after: a crash in between leaves no stale record
+    held_back = next((u.store_error for u in done if u.store_error is not None), None)
+    if held_back is not None:
+        raise held_back
     return BatchResult(
         upserted=len(ids),
         stale_removed=len(stale),

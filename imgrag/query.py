@@ -8,12 +8,10 @@ is itself indexed is searched with its stored vector (no download, no Bedrock ca
 
 from __future__ import annotations
 
-import json
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, Field, model_validator
 
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder, model_spec
 from imgrag.errors import ConfigError, EmbeddingError
@@ -21,51 +19,14 @@ from imgrag.filters import QueryFilters, combine_where
 from imgrag.normalize import NormalizeError
 from imgrag.pipeline import normalize_for_model
 from imgrag.records import Hit
+from imgrag.request import SearchRequest, image_ref_uri
 from imgrag.settings import Settings
 from imgrag.sources.base import FetchError
-from imgrag.sources.s3 import make_s3_client, parse_s3_uri, read_object
+from imgrag.sources.local import read_regular_file
+from imgrag.sources.s3 import make_s3_client, read_object
+from imgrag.sources.s3_uri import parse_s3_uri
 from imgrag.store import ImageStore, check_where, chroma_errors, collection_vector_space
 from imgrag.text_cache import TEXT_CACHE_NAME, TextEmbeddingCache
-
-
-def parse_where(text: str | None) -> dict[str, Any] | None:
-    """A Chroma metadata filter given as JSON on the command line; ConfigError when it is
-    not JSON or not a filter Chroma accepts."""
-    if not text:
-        return None
-    try:
-        where = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--where is not valid JSON: {exc.msg}") from None
-    if not isinstance(where, dict):
-        raise ConfigError("--where must be a JSON object, e.g. '{\"bucket\": \"photos\"}'")
-    check_where(where)
-    return where
-
-
-class SearchRequest(BaseModel):
-    """One search: a text or an example image, how many hits, and what to keep."""
-
-    text: str | None = None
-    image: str | None = Field(None, description="Local path or s3:// URI of an example image.")
-    k: int = Field(8, ge=1)
-    where: dict[str, Any] | None = None
-    filters: QueryFilters = Field(default_factory=QueryFilters)
-    exclude_self: bool = Field(False, description="Drop the example image's own record.")
-    max_distance: float | None = Field(None, ge=0, description="Drop hits farther than this.")
-
-    @model_validator(mode="after")
-    def _one_query(self) -> SearchRequest:
-        if (self.text is None) == (self.image is None):
-            raise ValueError("give a query text or an example image, not both")
-        if self.text is not None and not self.text.strip():
-            raise ValueError("the query text is empty")
-        return self
-
-    @property
-    def label(self) -> str:
-        """How the query is shown in reports: the text, or ``image <ref>``."""
-        return self.text if self.text is not None else f"image {self.image}"
 
 
 def cut_by_distance(hits: Sequence[Hit], max_distance: float | None) -> list[Hit]:
@@ -90,32 +51,45 @@ def search_text(
     cache: TextEmbeddingCache | None = None,
 ) -> list[Hit]:
     """The ``k`` images closest to ``text`` (cached text vectors when ``cache`` is given)."""
-    if not text.strip():
-        raise ConfigError("the query text is empty")
     if k < 1:
         raise ConfigError("k must be at least 1")
+    vector, _ = embed_query_text(embedder, text, cache)
+    return search_vector(store, vector, k, where, max_distance=max_distance)
+
+
+def embed_query_text(
+    embedder: Embedder, text: str, cache: TextEmbeddingCache | None = None
+) -> tuple[list[float], bool]:
+    """The vector of a query text, and whether the cache answered (no Bedrock call)."""
+    if not text.strip():
+        raise ConfigError("the query text is empty")
+    cached = cache.get(embedder.model_id, embedder.dim, text) if cache is not None else None
+    if cached is not None:
+        return cached, True
     try:
-        vector = embedder.embed_text(text) if cache is None else cache.embed(embedder, text)
+        vector = embedder.embed_text(text)
     except EmbedFailed as exc:
         raise EmbeddingError(f"cannot embed the query text: {exc.reason}") from None
-    return cut_by_distance(store.query(vector, k=k, where=where), max_distance)
+    if cache is not None:
+        cache.put(embedder.model_id, embedder.dim, text, vector)
+    return vector, False
 
 
-def image_ref_uri(ref: str) -> str:
-    """The record id an image reference would have if indexed (``s3://…`` or ``file://…``)."""
-    if ref.startswith("s3://"):
-        bucket, key = parse_s3_uri(ref)
-        if not key or key.endswith("/"):
-            raise ConfigError(f"{ref!r} names a prefix, not an image object")
-        return f"s3://{bucket}/{key}"
-    return Path(ref).expanduser().resolve().as_uri()
-
-
-def check_image_ref(ref: str) -> None:
-    """ConfigError for a malformed S3 URI or a missing local file (reads nothing)."""
-    image_ref_uri(ref)
-    if not ref.startswith("s3://") and not Path(ref).expanduser().is_file():
-        raise ConfigError(f"image file {ref!r} not found")
+def search_vector(
+    store: ImageStore,
+    vector: Sequence[float],
+    k: int = 8,
+    where: Mapping[str, Any] | None = None,
+    *,
+    exclude: str | None = None,
+    max_distance: float | None = None,
+) -> list[Hit]:
+    """The ``k`` records nearest to ``vector``; ``exclude`` drops one record id (the
+    example's own), still returning ``k`` hits when there are."""
+    hits = store.query(vector, k=k + 1 if exclude else k, where=where)
+    if exclude:
+        hits = _rerank([h for h in hits if h.id != exclude][:k])
+    return cut_by_distance(hits, max_distance)
 
 
 def read_image_ref(ref: str, settings: Settings, s3_client: Any = None) -> bytes:
@@ -128,15 +102,15 @@ def read_image_ref(ref: str, settings: Settings, s3_client: Any = None) -> bytes
             return read_object(client, bucket, key, limit=limit)
         except FetchError as exc:
             raise ConfigError(f"cannot read {ref}: {exc.reason}") from None
-    path = Path(ref).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"image file {ref!r} not found")
-    if path.stat().st_size > limit:
-        raise ConfigError(f"{ref} is larger than {limit} bytes")
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {ref}: {exc.strerror}") from None
+        data = read_regular_file(Path(ref).expanduser(), limit)
+    except FileNotFoundError:
+        raise ConfigError(f"image file {ref!r} not found") from None
+    except FetchError as exc:
+        raise ConfigError(f"cannot read {ref}: {exc.reason}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{ref} is larger than {limit} bytes")
+    return data
 
 
 def embed_image_bytes(data: bytes, embedder: Embedder, settings: Settings) -> list[float]:
@@ -170,10 +144,8 @@ def search_image(
     vector = store.get_embedding(uri)
     if vector is None:
         vector = embed_image_bytes(read_image_ref(ref, settings), embedder, settings)
-    hits = store.query(vector, k=k + 1 if exclude_self else k, where=where)
-    if exclude_self:
-        hits = [h for h in hits if h.id != uri][:k]
-    return _rerank(cut_by_distance(hits, max_distance))
+    return search_vector(store, vector, k, where, exclude=uri if exclude_self else None,
+                         max_distance=max_distance)
 
 
 def resolve_where(store: ImageStore, request: SearchRequest) -> dict[str, Any] | None:
@@ -182,8 +154,14 @@ def resolve_where(store: ImageStore, request: SearchRequest) -> dict[str, Any] |
     A prefix ending inside a name lists the keys of its folder (already narrowed by
     ``dirs``) and filters by id: exact, at a cost proportional to that folder's size.
     """
-    filters = request.filters
-    where = combine_where(request.where, *filters.conditions())
+    return resolve_filters(store, request.filters, request.where)
+
+
+def resolve_filters(
+    store: ImageStore, filters: QueryFilters, where: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """:func:`resolve_where` for named ``filters`` and a raw ``where``."""
+    where = combine_where(where, *filters.conditions())
     if where:
         check_where(where)  # a one-line ConfigError, not Chroma's ValueError
     if not filters.needs_key_scan:
@@ -226,12 +204,14 @@ class LazyEmbedder:
         self.dim = settings.dim
         self._settings = settings
         self._embedder: Embedder | None = None
+        self._lock = threading.Lock()
 
     @property
     def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = make_embedder(self._settings)
-        return self._embedder
+        with self._lock:  # one client even when threads ask at once (the search app)
+            if self._embedder is None:
+                self._embedder = make_embedder(self._settings)
+            return self._embedder
 
     @property
     def text_tokens(self) -> int:

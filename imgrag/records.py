@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,12 +22,19 @@ class SourceObject(BaseModel):
     size: int
     last_modified: datetime | None = None
 
+    @property
+    def last_modified_text(self) -> str:
+        """``last_modified`` as stored in record metadata: ISO 8601, or "" when unknown."""
+        return self.last_modified.isoformat() if self.last_modified else ""
+
 
 class Indexed(NamedTuple):
     """What the store holds for one record, as change detection needs it."""
 
     etag: str
     normalize_version: int  # 0 when the record does not say
+    last_modified: str = ""  # as stored ("" when the record does not say)
+    size: int = -1  # -1 when the record does not say
 
 
 class Failure(BaseModel):
@@ -78,6 +85,7 @@ class IngestReport(BaseModel):
     new: int = 0
     changed: int = 0
     deleted: int = 0
+    refreshed: int = 0  # unchanged records whose listing facts (last_modified, size) moved
     deletions_withheld: int = 0  # listing looked wrong (empty, or too much gone): see warnings
     stale_removed: int = 0  # records of changed objects whose new bytes fail permanently
     unchanged: int = 0
@@ -94,6 +102,12 @@ class IngestReport(BaseModel):
     unreadable: int = 0  # paths the listing could not read; records under them were kept
     failures: list[Failure] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # what the run chose not to do, and why
+
+    def summary(self) -> dict[str, Any]:
+        """The report without its failure and warning lists, stamped with the time now: what
+        the collection keeps of its last run (``ImageStore.record_last_ingest``)."""
+        return self.model_dump(mode="json", exclude={"failures", "warnings"}) | {
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 class Hit(BaseModel):

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     chroma_url: str | None = Field(None, description="Chroma server URL (client-server mode).")
     chroma_auth_token: SecretStr | None = Field(None, description="Token for the Chroma server.")
     collection: str = Field("images", min_length=3, max_length=512)
+    store_write_attempts: int = Field(
+        6, ge=1, le=20, description="Attempts per store write (backoff from 0.5 s, doubling)."
+    )
     state_dir: Path | None = Field(
         None, description="Ledger and local hash cache; default: inside the embedded store."
     )

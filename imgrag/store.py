@@ -2,29 +2,51 @@
 
 The collection is the single source of truth for what is indexed. It records the model and
 dimension it was created with; opening it for another vector space is an error.
+
+Chroma writes to an embedded store's SQLite file whenever it opens it (its write-lock
+table), so a store the process cannot write (mounted read-only) is opened for reading as a
+snapshot: a private copy of that file, next to links to the store's index folders.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import json
+import os
+import random
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import chromadb
+from chromadb.api.client import SharedSystemClient
 from chromadb.api.types import validate_where
 from chromadb.config import Settings as ChromaSettings
 
 from imgrag.errors import ConfigError, ImgragError, StoreError
+from imgrag.filters import stored_folder
 from imgrag.records import Hit, Indexed
 from imgrag.settings import Settings
 
 SCHEMA_VERSION = 2  # 2: every record of the collection carries ``dirs`` (imgrag.filters)
+LAST_INGEST_KEY = "imgrag_last_ingest"  # collection metadata: the last run's summary, JSON
 _MANIFEST_PAGE = 5000
+_WRITE_BACKOFF_S = 0.5  # before the second attempt of a write; doubles, with jitter
 
 
-def make_chroma_client(settings: Settings) -> Any:
-    """An embedded PersistentClient, or an HttpClient when ``chroma_url`` is set."""
+def make_chroma_client(settings: Settings, *, read_only: bool = False) -> Any:
+    """An embedded PersistentClient, or an HttpClient when ``chroma_url`` is set.
+
+    ``read_only``: an embedded store this process cannot write is opened as a snapshot
+    (see :func:`read_only_snapshot`); the client then carries ``imgrag_snapshot = True``."""
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
     try:
         if settings.chroma_url:
@@ -39,12 +61,54 @@ def make_chroma_client(settings: Settings) -> Any:
                 headers=headers,
                 settings=chroma_settings,
             )
+        if read_only and not writable(settings.chroma_path):
+            snapshot = read_only_snapshot(settings.chroma_path)
+            client = chromadb.PersistentClient(path=str(snapshot), settings=chroma_settings)
+            weakref.finalize(client, shutil.rmtree, snapshot, True)
+            client.imgrag_snapshot = True
+            return client
         settings.chroma_path.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma_settings)
     except Exception as exc:  # chromadb raises plain Exception/ValueError on connect
         where = server_address(settings.chroma_url) if settings.chroma_url else str(
             settings.chroma_path)
         raise StoreError(f"cannot open Chroma store at {where}: {_one_line(exc)}") from None
+
+
+def writable(store_dir: Path) -> bool:
+    """Whether this process may write an embedded store (its directory and SQLite file)."""
+    sqlite_file = store_dir / "chroma.sqlite3"
+    return os.access(store_dir, os.W_OK) and (
+        not sqlite_file.exists() or os.access(sqlite_file, os.W_OK))
+
+
+def read_only_snapshot(store_dir: Path) -> Path:
+    """A temporary directory Chroma can open in place of the read-only ``store_dir``: a
+    consistent copy of its SQLite file (records' metadata, not their vectors) and links to
+    its index folders, which Chroma only reads. Removed when its client is."""
+    snapshot = Path(tempfile.mkdtemp(prefix="imgrag-readonly-store-"))
+    try:
+        source = sqlite3.connect(f"{(store_dir / 'chroma.sqlite3').resolve().as_uri()}?mode=ro",
+                                 uri=True)
+        try:
+            copy = sqlite3.connect(snapshot / "chroma.sqlite3")
+            source.backup(copy)
+            copy.close()
+        finally:
+            source.close()
+        for entry in store_dir.resolve().iterdir():
+            if entry.is_dir():
+                (snapshot / entry.name).symlink_to(entry, target_is_directory=True)
+    except BaseException:
+        shutil.rmtree(snapshot, ignore_errors=True)
+        raise
+    return snapshot
+
+
+def forget_embedded_clients() -> None:
+    """Drop this process's cached embedded clients: the next open reads the store from disk
+    again (an open embedded client does not see another process's later writes)."""
+    SharedSystemClient.clear_system_cache()
 
 
 def _port(scheme: str, port: int | None) -> int:
@@ -82,13 +146,34 @@ def chroma_errors(action: str) -> Iterator[None]:
         raise StoreError(f"cannot {action}: {_one_line(exc)}") from None
 
 
+def distance_space(collection: Any) -> str:
+    """The distance function of a collection's vector index ("cosine", "l2", "ip"); Chroma's
+    default, "l2", when its configuration does not say."""
+    config = getattr(collection, "configuration", None) or {}
+    for index in ("hnsw", "spann"):
+        space = (config.get(index) or {}).get("space")
+        if space:
+            return str(space)
+    return str((collection.metadata or {}).get("hnsw:space", "l2"))
+
+
 class ImageStore:
     """One Chroma collection of image vectors (cosine space) with imgrag's metadata."""
 
-    def __init__(self, client: Any, collection: Any) -> None:
+    def __init__(self, client: Any, collection: Any, write_attempts: int = 1) -> None:
         self.client = client
         self.collection = collection
         self.max_batch = client.get_max_batch_size()
+        self.write_attempts = write_attempts
+        self._writes = threading.Condition()
+        self._retrying = 0  # writes waiting to be retried now
+        self._broken: str | None = None  # why the writes gave up, once they have
+        self.read_only = getattr(client, "imgrag_snapshot", False) is True
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"collection {self.collection.name!r} is in a store this process"
+                             " cannot write (opened read-only); nothing was written")
 
     @classmethod
     def open(
@@ -100,7 +185,7 @@ class ImageStore:
         embedded = client is None and not settings.chroma_url
         if embedded and not create and not (settings.chroma_path / "chroma.sqlite3").is_file():
             raise StoreError(f"no store at {settings.chroma_path} (run an ingest first)")
-        client = client or make_chroma_client(settings)
+        client = client or make_chroma_client(settings, read_only=not create)
         name = settings.collection
         try:
             existing = {c.name for c in client.list_collections()}
@@ -123,7 +208,7 @@ class ImageStore:
             raise
         except Exception as exc:
             raise StoreError(f"cannot open collection {name!r}: {_one_line(exc)}") from None
-        store = cls(client, collection)
+        store = cls(client, collection, settings.store_write_attempts)
         store.check_vector_space(settings.model_id, settings.dim)
         return store
 
@@ -136,7 +221,8 @@ class ImageStore:
         return (self.collection.metadata or {}).get("dim")
 
     def check_vector_space(self, model_id: str, dim: int) -> None:
-        """Refuse to mix vector spaces in one collection, or to write a newer schema."""
+        """Refuse to mix vector spaces in one collection, to measure distances other than
+        cosine, or to read a schema this imgrag does not know."""
         if self.model_id is None:
             raise StoreError(
                 f"collection {self.collection.name!r} was not created by imgrag"
@@ -148,34 +234,58 @@ class ImageStore:
                 f" {self.dim}, not {model_id} dim {dim}; use another --collection"
             )
         schema = (self.collection.metadata or {}).get("imgrag_schema", 1)
+        if type(schema) is not int or schema < 1:
+            raise StoreError(
+                f"collection {self.collection.name!r} has a malformed imgrag_schema"
+                f" ({schema!r:.40}); use another --collection"
+            )
         if schema > SCHEMA_VERSION:
             raise StoreError(
                 f"collection {self.collection.name!r} was written by a newer imgrag (schema"
                 f" {schema}, this one knows {SCHEMA_VERSION}); upgrade imgrag"
             )
+        space = distance_space(self.collection)
+        if space != "cosine":
+            raise StoreError(
+                f"collection {self.collection.name!r} measures {space} distance, not cosine"
+                " (distances and --max-distance would be wrong); use another --collection"
+            )
 
     def count(self) -> int:
         return self.collection.count()
 
+    def record_last_ingest(self, summary: Mapping[str, Any]) -> None:
+        """Keep a finished ingest run's summary (JSON-able) in the collection metadata."""
+        with chroma_errors(f"record the ingest summary in {self.collection.name!r}"):
+            fresh = self.client.get_collection(self.collection.name, embedding_function=None)
+            metadata = {**(fresh.metadata or {}), LAST_INGEST_KEY: json.dumps(dict(summary))}
+            self.collection.modify(metadata=metadata)
+
+    def last_ingest(self) -> dict[str, Any] | None:
+        """The summary :meth:`record_last_ingest` kept (re-read from the store), or None."""
+        with chroma_errors(f"read the metadata of collection {self.collection.name!r}"):
+            fresh = self.client.get_collection(self.collection.name, embedding_function=None)
+        text = (fresh.metadata or {}).get(LAST_INGEST_KEY)
+        try:
+            return json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            return None
+
     def iter_metadata(self, where: Mapping[str, Any] | None = None) -> Iterator[tuple[str, dict]]:
-        """Every (id, metadata) matching ``where``, read in pages."""
-        offset = 0
-        while True:
-            page = self.collection.get(
-                where=dict(where) if where else None,
-                include=["metadatas"],
-                limit=_MANIFEST_PAGE,
-                offset=offset,
-            )
-            ids = page["ids"]
-            yield from zip(ids, page["metadatas"], strict=True)
-            if len(ids) < _MANIFEST_PAGE:
-                return
-            offset += len(ids)
+        """Every (id, metadata) matching ``where``: the matching ids first (ids only, one
+        read), then their metadata by id in pages. Pages by offset would skip live records
+        when others are deleted during the read (another shard's sweep); a snapshot of ids
+        cannot: a record deleted meanwhile is just not returned."""
+        where = dict(where) if where else None
+        ids = self.collection.get(where=where, include=[])["ids"]
+        for start in range(0, len(ids), _MANIFEST_PAGE):
+            page = self.collection.get(ids=ids[start : start + _MANIFEST_PAGE], where=where,
+                                       include=["metadatas"])
+            yield from zip(page["ids"], page["metadatas"], strict=True)
 
     def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
-        """id → (ETag, normalize version) of every record whose id starts with ``scope``
-        (a URI prefix).
+        """id → (ETag, normalize version, last_modified, size) of every record whose id
+        starts with ``scope`` (a URI prefix).
 
         Chroma reads only the bucket's records under the scope's folder (``dirs`` contains
         it) when it can; the id prefix test is the exact check either way.
@@ -185,21 +295,22 @@ class ImageStore:
         if folder:
             where = {"$and": [where, {"dirs": {"$contains": folder}}]}
         return {
-            record_id: Indexed(str(meta.get("etag", "")), int(meta.get("normalize_version", 0)))
+            record_id: Indexed(str(meta.get("etag", "")), int(meta.get("normalize_version", 0)),
+                               str(meta.get("last_modified", "")), int(meta.get("size", -1)))
             for record_id, meta in self.iter_metadata(where)
             if record_id.startswith(scope)
         }
 
     def _scope_folder(self, bucket: str, scope: str) -> str:
-        """The folder (up to the last "/") of an S3 scope's prefix, when ``dirs`` can find
-        its records: "" for a whole bucket, a local folder (keys are relative to the folder
-        listed, not to one root) or a collection older than ``dirs`` (schema 1)."""
+        """The folder of an S3 scope's prefix that ``dirs`` holds (its own, or its deepest
+        stored ancestor), when ``dirs`` can find its records: "" for a whole bucket, a local
+        folder (keys are relative to the folder listed, not to one root) or a collection
+        older than ``dirs`` (schema 1)."""
         head = f"s3://{bucket}/"
         schema = (self.collection.metadata or {}).get("imgrag_schema", 1)
         if not bucket or not scope.startswith(head) or schema < 2:
             return ""
-        prefix = scope[len(head) :]
-        return prefix[: prefix.rfind("/") + 1]
+        return stored_folder(scope[len(head) :])
 
     def upsert(
         self,
@@ -207,19 +318,78 @@ class ImageStore:
         embeddings: Sequence[Sequence[float]],
         metadatas: Sequence[Mapping[str, Any]],
     ) -> None:
-        """Add or replace records by id, in chunks the server accepts."""
+        """Add or replace records by id, in chunks the server accepts (see ``_write``)."""
+        self._check_writable()
         for start in range(0, len(ids), self.max_batch):
             end = start + self.max_batch
-            self.collection.upsert(
+            self._write(f"write {len(ids[start:end])} records", partial(
+                self.collection.upsert,
                 ids=list(ids[start:end]),
                 embeddings=[list(e) for e in embeddings[start:end]],
                 metadatas=[dict(m) for m in metadatas[start:end]],
-            )
+            ))
+
+    def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
+        """Merge fields into the metadata of existing records (vectors untouched; ids no
+        longer stored are skipped), in chunks."""
+        self._check_writable()
+        for start in range(0, len(ids), self.max_batch):
+            end = start + self.max_batch
+            chunk = list(ids[start:end])
+            self._write(f"update {len(chunk)} records", partial(
+                self.collection.update, ids=chunk,
+                metadatas=[dict(m) for m in metadatas[start:end]]))
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Remove records by id, in chunks."""
+        """Remove records by id, in chunks (see ``_write``)."""
+        self._check_writable()
         for start in range(0, len(ids), self.max_batch):
-            self.collection.delete(ids=list(ids[start : start + self.max_batch]))
+            chunk = list(ids[start : start + self.max_batch])
+            self._write(f"delete {len(chunk)} records", partial(self.collection.delete, ids=chunk))
+
+    def _write(self, action: str, write: Callable[[], None]) -> None:
+        """Run one write (idempotent: by id), retrying it alone with backoff when it fails,
+        so vectors already paid for are not thrown away; then a one-line StoreError.
+
+        While a write waits to be retried, and after one gave up (until one succeeds),
+        ``wait_writable`` holds back or refuses callers about to pay for more vectors."""
+        where = f"{action} to collection {self.collection.name!r}"
+        delay = _WRITE_BACKOFF_S
+        retrying = False
+        try:
+            for attempt in range(1, self.write_attempts + 1):
+                try:
+                    with chroma_errors(where):
+                        write()
+                except StoreError as exc:
+                    if attempt == self.write_attempts:
+                        message = f"{exc} (after {attempt} attempts)"
+                        with self._writes:
+                            self._broken = message
+                        raise StoreError(message) from None
+                else:
+                    with self._writes:
+                        self._broken = None
+                    return
+                if not retrying:
+                    retrying = True
+                    with self._writes:
+                        self._retrying += 1
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay *= 2
+        finally:
+            if retrying:
+                with self._writes:
+                    self._retrying -= 1
+                    self._writes.notify_all()
+
+    def wait_writable(self) -> None:
+        """Return when no write of this store waits to be retried; StoreError when the last
+        one gave up. Call it before paying for vectors that will have to be written."""
+        with self._writes:
+            self._writes.wait_for(lambda: self._broken is not None or not self._retrying)
+            if self._broken is not None:
+                raise StoreError(self._broken)
 
     def get(self, ids: Sequence[str]) -> dict[str, dict]:
         """id → metadata for the ids that exist."""

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from imgrag.errors import ImgragError
-from imgrag.records import Hit
-from imgrag.settings import Settings
-from imgrag.thumbnails import Thumbnail, ThumbnailLoader
+
+if TYPE_CHECKING:  # a CLI's --help reads the defaults below: they load nothing heavy
+    from imgrag.records import Hit
+    from imgrag.settings import Settings
+    from imgrag.thumbnails import Thumbnail, ThumbnailLoader
 
 DEFAULT_OPENAI_MODEL = "gpt-5.4-mini"
 """A current small vision-capable model (openai 3.57's model list; not deprecated there)."""
@@ -189,5 +191,9 @@ def summarize_hits(
         raise SummaryError("no hits to summarize")
     client = client or make_openai_client()  # fail on a missing key before any download
     top = list(hits[:n_images])
-    thumbs = (loader or ThumbnailLoader(settings)).load(top, SUMMARY_IMAGE_SIDE)
+    if loader is None:
+        from imgrag.thumbnails import ThumbnailLoader
+
+        loader = ThumbnailLoader(settings)
+    thumbs = loader.load(top, SUMMARY_IMAGE_SIDE)
     return summarize_images(query, top, thumbs, model=model, client=client)

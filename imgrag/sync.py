@@ -2,7 +2,8 @@
 
 Mark and sweep: every record under the scope starts marked; each listed object unmarks its
 own; what is still marked when the listing ends was deleted from the source. The listing
-alone decides; nothing is downloaded to plan.
+alone decides; nothing is downloaded to plan. An unchanged object whose listing facts moved
+(the same bytes uploaded again: new LastModified) is collected for a metadata-only update.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class ScopePlanner:
         self._unseen_failures = {uri for uri in self._known_failures if in_shard(uri, shard)}
         self._retry_failed = retry_failed
         self._stale: list[str] = []
+        self.refreshed: list[SourceObject] = []  # unchanged, but last_modified or size moved
 
     @property
     def indexed(self) -> int:
@@ -94,6 +96,8 @@ class ScopePlanner:
             if (stored is not None and stored.etag == obj.etag
                     and stored.normalize_version >= self._normalize_version):
                 plan.unchanged += 1
+                if (stored.last_modified, stored.size) != (obj.last_modified_text, obj.size):
+                    self.refreshed.append(obj)
             elif not self._retry_failed and self._known_failures.get(obj.uri) == obj.etag:
                 plan.skipped += 1
                 if stored is not None:  # a record of older bytes: stale

@@ -32,8 +32,6 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -41,8 +39,8 @@ from pydantic import BaseModel, Field
 from imgrag.normalize import NormalizeError, normalize_image
 from imgrag.records import Hit, SourceObject
 from imgrag.settings import Settings
-from imgrag.sources import FetchError, LocalSource, S3Source
-from imgrag.sources.s3 import make_s3_client
+from imgrag.sources import FetchError, LocalSource
+from imgrag.sources.local import file_uri_path, path_text, read_regular_file
 
 THUMBNAIL_SIDE = 256  # px: the size cached for every shown hit
 THUMBNAIL_DIR = "thumbnails"
@@ -76,9 +74,9 @@ def cache_name(uri: str, etag: str, side: int) -> str:
 
 def local_root(uri: str, key: str) -> Path:
     """The folder a ``file://`` record was indexed from (its URI path minus its key)."""
-    path = Path(url2pathname(urlsplit(uri).path))
+    path = file_uri_path(uri)
     depth = len(PurePosixPath(key).parts)
-    if depth == 0 or not path.as_posix().endswith("/" + key):
+    if depth == 0 or not path_text(path).endswith("/" + key):
         raise FetchError("record key does not match its file URI", permanent=True)
     return path.parents[depth - 1]
 
@@ -118,19 +116,21 @@ class ThumbnailLoader:
         local = self.local_paths.get(hit.id)
         if local is not None:
             try:
-                return self._shrink(hit.id, Path(local).read_bytes(), side, "local")
-            except OSError:
+                data = read_regular_file(Path(local), self.settings.max_object_bytes)
+                if len(data) <= self.settings.max_object_bytes:
+                    return self._shrink(hit.id, data, side, "local")
+            except (OSError, FetchError):
                 pass  # fall back to the cache and the source
         etag = str(hit.metadata.get("etag", ""))
         cached = self.cache_dir / cache_name(hit.id, etag, side)
         if etag and cached.is_file():
             try:
-                data = cached.read_bytes()
+                data = read_regular_file(cached, _MAX_THUMBNAIL_BYTES)
                 with Image.open(io.BytesIO(data)) as im:
                     width, height = im.size
                 return Thumbnail(id=hit.id, data=data, width=width, height=height,
                                  origin="cache")
-            except OSError:
+            except (OSError, FetchError):
                 pass  # a damaged cache file is rebuilt from the source
         try:
             original = self._fetch(hit)
@@ -167,6 +167,8 @@ class ThumbnailLoader:
         if obj.size > self.settings.max_object_bytes:
             raise FetchError(f"object is {obj.size} bytes, above the limit", permanent=True)
         if hit.id.startswith("s3://"):
+            from imgrag.sources.s3 import S3Source
+
             return S3Source(obj.bucket, "", self._s3()).fetch(obj)
         if hit.id.startswith("file://"):
             return LocalSource(local_root(hit.id, obj.key)).fetch(obj)
@@ -175,6 +177,8 @@ class ThumbnailLoader:
     def _s3(self) -> Any:
         with self._lock:
             if self._s3_client is None:
+                from imgrag.sources.s3 import make_s3_client  # boto3: only when needed
+
                 self._s3_client = make_s3_client(self.settings.region, max_pool=_MAX_WORKERS)
             return self._s3_client
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
 from imgrag.pipeline import process_batch, runtime_for
 from imgrag.records import BatchResult, SourceObject
@@ -20,13 +19,12 @@ from tasks.retry import retry_unless_run_error
 
 # Upserts must happen: no result cache here. The store is the checkpoint: a re-run plans
 # only what is not stored yet, so a crashed run resumes without repeating finished batches.
+# No task retries: a batch run again pays Bedrock again. Each step retries on its own
+# (Bedrock calls, S3 reads, store writes); what still fails is a per-item failure or ends
+# the run, and the next run plans what is not stored.
 @task(
     name="ingest-batch",
     task_run_name="ingest-batch-{number}",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_unless_run_error,
     cache_policy=NO_CACHE,
     persist_result=False,
 )
@@ -46,7 +44,8 @@ def ingest_batch(
     return result
 
 
-@task(name="delete-records", cache_policy=NO_CACHE, persist_result=False, retries=2)
+@task(name="delete-records", cache_policy=NO_CACHE, persist_result=False, retries=2,
+      retry_condition_fn=retry_unless_run_error)  # the store retries its own writes
 def delete_records(
     settings: dict[str, Any], source: str, ids: list[str], failed_ids: list[str]
 ) -> int:

@@ -19,15 +19,23 @@ from pathlib import Path
 from prefect.settings import get_current_settings
 
 
+def default_sigint() -> None:
+    """In a child, before exec: SIGINT back to its default. A suite started as a background
+    job (``make test &``) ignores SIGINT and children inherit that, so Python in them never
+    installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn_ingest(args: Sequence[str], workdir: Path, **env: str) -> subprocess.Popen[bytes]:
-    """``python -m flows.ingest ARGS`` in its own process group; output to files in workdir."""
+    """``python -m flows.ingest ARGS`` in its own process group; output to files in workdir.
+    It takes SIGINT as a terminal's Ctrl-C would."""
     child_env = os.environ.copy()
     child_env["PREFECT_API_URL"] = str(get_current_settings().api.url)
     child_env.update(env)
     with open(workdir / "ingest.out", "wb") as out, open(workdir / "ingest.err", "wb") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "flows.ingest", *args], cwd=workdir, env=child_env,
-            stdout=out, stderr=err, start_new_session=True,
+            stdout=out, stderr=err, start_new_session=True, preexec_fn=default_sigint,
         )
 
 

@@ -18,8 +18,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.concurrency.sync import concurrency
 
-from flows.ingest import ingest_flow
-from flows.query import query_flow
+from flows.ingest_flow import ingest_flow
+from flows.query_flow import query_flow
 from imgrag.emulators.chroma_server import ChromaServer
 from imgrag.errors import StoreError, StoreLockedError
 from imgrag.filters import QueryFilters

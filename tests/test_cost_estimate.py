@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from tests.conftest import COLOURS, image_bytes
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -4,10 +4,12 @@ that were in flight — never for items already upserted."""
 
 from __future__ import annotations
 
+import signal
+
 import chromadb
 import pytest
 
-from flows.ingest import MAX_BATCHES_IN_FLIGHT, ingest_flow
+from flows.ingest_flow import MAX_BATCHES_IN_FLIGHT, ingest_flow
 from tests import corpus
 from tests.processes import kill_group, spawn_ingest, wait_until
 
@@ -63,3 +65,36 @@ def test_kill_9_mid_run_then_rerun_indexes_everything_once_without_re_embedding_
     repeated = first_calls + bedrock.stats.image_calls - IMAGES
     assert 0 <= repeated <= MAX_BATCHES_IN_FLIGHT * BATCH  # only the in-flight batches
     assert stored_etags(store_env) == etags  # all there, once, each with its own ETag
+
+
+def test_ctrl_c_mid_run_exits_130_with_one_line_and_keeps_the_batches_embedded(
+    s3, bucket, bedrock, store_env, tmp_path
+):
+    for i in range(IMAGES):
+        s3.put_object(Bucket=bucket, Key=f"photos/{i:03}.jpg", Body=corpus.small_jpeg(seed=i))
+    bedrock.latency_ms = 100
+    source = f"s3://{bucket}/photos/"
+
+    proc = spawn_ingest(["--source", source, "--batch-size", str(BATCH), "--concurrency", "2"],
+                        tmp_path)
+    try:
+        wait_until(lambda: bedrock.stats.image_calls >= 3 * BATCH + 2, 90,
+                   "batch 4 to be half embedded", proc)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        kill_group(proc)
+
+    err = (tmp_path / "ingest.err").read_text()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == ("imgrag: interrupted: ingest stopped (batches already "
+                                    "embedded are stored)")
+    stored = stored_etags(store_env)
+    assert len(stored) >= 2 * BATCH  # what was embedded before Ctrl-C is not lost
+    billed = bedrock.stats.image_calls
+    bedrock.reset_stats()
+    bedrock.latency_ms = 0
+    report = ingest_flow(source=source, batch_size=BATCH, concurrency=2)
+    assert (report.unchanged, report.new) == (len(stored), IMAGES - len(stored))
+    assert billed + bedrock.stats.image_calls <= IMAGES + MAX_BATCHES_IN_FLIGHT * BATCH

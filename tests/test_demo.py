@@ -10,16 +10,17 @@ import pytest
 from imgrag.emulators import demo
 
 
-def test_a_failed_step_stops_the_demo_with_one_line_and_a_nonzero_exit(
+def test_a_prefect_server_that_does_not_start_stops_the_demo_with_one_line(
     tmp_path, monkeypatch: pytest.MonkeyPatch, capfd
 ):
     monkeypatch.chdir(tmp_path)  # the demo writes its state to ./.demo
-    monkeypatch.setattr(sys, "executable", shutil.which("false"))  # every step exits 1
+    monkeypatch.setattr(sys, "executable", shutil.which("false"))  # every child exits 1
 
     code = demo.main()
 
     out, err = capfd.readouterr()
+    log = tmp_path / ".demo" / "prefect-server.log"
     assert code == 1
-    assert err == ("demo: error: step 'first ingest' failed (python -m flows.ingest --source "
-                   "s3://imgrag-demo/catalog/ exited 1)\n")
-    assert "=== first ingest" in out and "=== re-run" not in out
+    assert err == (f"demo: error: the Prefect server exited with status 1 before it was "
+                   f"healthy (see {log})\n")
+    assert "waiting for the Prefect server" in out and "=== first ingest" not in out

@@ -21,9 +21,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Pending, State
 
 from deployments.serve import build_deployments, main
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from imgrag.emulators.chroma_server import free_port
 from imgrag.errors import ConfigError
+from tests.processes import default_sigint
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -108,7 +109,7 @@ def test_prefect_deploy_all_creates_the_declared_deployments_and_the_server_enfo
     cli([PREFECT, "--no-prompt", "deploy", "--all"], {**cli_env, "IMGRAG_SOURCE": SOURCE})
 
     ingest = deployment(prefect_server, "ingest-images/ingest")
-    assert ingest.entrypoint == "flows/ingest.py:ingest_flow"
+    assert ingest.entrypoint == "flows/ingest_flow.py:ingest_flow"
     assert ingest.work_pool_name == "imgrag-process"
     assert ingest.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
@@ -125,7 +126,7 @@ def test_prefect_deploy_all_creates_the_declared_deployments_and_the_server_enfo
     assert (shard.schedules, shard.global_concurrency_limit) == ([], None)
 
     query = deployment(prefect_server, "query-images/query")
-    assert query.entrypoint == "flows/query.py:query_flow"
+    assert query.entrypoint == "flows/query_flow.py:query_flow"
     assert (query.parameters, query.schedules) == ({"k": 8, "collection": "images"}, [])
     assert "text" in query.parameter_openapi_schema["properties"]
 
@@ -134,13 +135,6 @@ def test_prefect_deploy_all_creates_the_declared_deployments_and_the_server_enfo
     assert [s.name for s in start_two_runs(prefect_server, ingest)] == [
         "Pending", "AwaitingConcurrencySlot"]
     assert [s.name for s in start_two_runs(prefect_server, shard)] == ["Pending", "Pending"]
-
-
-def default_sigint() -> None:
-    """In a child, before exec: SIGINT back to its default. A suite started as a background
-    job (``make test &``) ignores SIGINT and children inherit that, so Python in them never
-    raises KeyboardInterrupt and ``serve`` would not stop (and pause) on Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_two_runs(api_url: str, target: DeploymentResponse) -> list[State]:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import itertools
 import time
 
+import chromadb
 import pytest
 
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from imgrag.ledger import FailureLedger
 from imgrag.pipeline import LEDGER_NAME
 from tests import corpus
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -34,6 +36,13 @@ def ledger_ids(store_env) -> set[str]:
         return {f.id for f in book.entries()}
     finally:
         book.close()
+
+
+def stored_ids(store_env) -> list[str]:
+    """The collection's record ids, sorted (a duplicate would show twice)."""
+    collection = chromadb.PersistentClient(path=str(store_env)).get_collection(
+        "images", embedding_function=None)
+    return sorted(collection.get(include=[])["ids"])
 
 
 def fail_image(bedrock, number: int, times: int, code: str) -> None:
@@ -76,9 +85,12 @@ def test_retryable_error_beyond_the_budget_is_a_transient_failure_and_the_run_go
     rerun = ingest_flow(source=three_images)
     assert (rerun.new, rerun.skipped, rerun.embedded) == (1, 0, 1)
     assert bedrock.stats.image_calls == 1
+    assert stored_ids(store_env) == [f"{three_images}img-{i}.jpg" for i in range(3)]
 
 
-def test_read_timeout_is_retried_then_a_transient_failure(three_images, bedrock, monkeypatch):
+def test_read_timeout_is_retried_then_a_transient_failure(
+    three_images, bedrock, store_env, monkeypatch
+):
     monkeypatch.setenv("IMGRAG_BEDROCK_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("IMGRAG_BEDROCK_TIMEOUT_S", "0.3")
     bedrock.latency_ms = 1500  # every call outlives the client's read timeout
@@ -91,8 +103,15 @@ def test_read_timeout_is_retried_then_a_transient_failure(three_images, bedrock,
     assert bedrock.stats.requests == 3 * 2
     assert time.perf_counter() - started < 20
 
+    wait_until(lambda: bedrock.inflight == 0, 10, "the timed-out calls to end")
+    assert bedrock.stats.image_calls == 3 * 2  # answered after the client gave up: billed
+
     bedrock.latency_ms = 0
+    bedrock.reset_stats()
     assert ingest_flow(source=three_images).embedded == 3
+    assert bedrock.stats.image_calls == 3
+    assert stored_ids(store_env) == [f"{three_images}img-{i}.jpg" for i in range(3)]
+    assert ledger_ids(store_env) == set()
 
 
 def test_validation_exception_is_not_retried_and_is_a_permanent_failure_with_its_message(

@@ -15,7 +15,8 @@ import chromadb
 import numpy as np
 import pytest
 
-from flows.ingest import ingest_flow, main
+from flows.ingest import main
+from flows.ingest_flow import ingest_flow
 from imgrag.embedders import TitanEmbedder
 from imgrag.ledger import FailureLedger
 from imgrag.normalize import normalize_image

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import chromadb
 import pytest
 
-from flows.ingest import ingest_flow
-from flows.query import query_flow
+from flows.ingest_flow import ingest_flow
+from flows.query_flow import query_flow
+from imgrag.store import LAST_INGEST_KEY
 from tests.conftest import COLOURS, image_bytes
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -52,6 +54,10 @@ def test_first_ingest_indexes_images_and_ignores_other_keys(s3, bucket, bedrock,
     assert (meta["model_id"], meta["dim"]) == ("amazon.titan-embed-image-v1", 1024)
     for field in ("source_uri", "last_modified", "normalize_version", "ingested_at", "run_id"):
         assert meta[field] not in ("", None), field
+    client = chromadb.PersistentClient(path=str(store_env))
+    summary = json.loads(client.get_collection("images").metadata[LAST_INGEST_KEY])
+    assert (summary["run_id"], summary["embedded"], summary["listed"]) == (report.run_id, 4, 4)
+    assert "failures" not in summary and summary["finished_at"].endswith("+00:00")
 
 
 def test_rerun_with_nothing_changed_downloads_nothing_and_calls_bedrock_zero_times(

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from imgrag.ledger import FailureLedger
 from imgrag.pipeline import LEDGER_NAME
 from imgrag.records import Failure, SourceObject

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from imgrag.filters import key_dirs
-from imgrag.records import Indexed
+from imgrag.filters import QueryFilters, filter_metadata, key_dirs
+from imgrag.query import SearchRequest, resolve_where
+from imgrag.records import Indexed, SourceObject
 from imgrag.settings import Settings
 from imgrag.store import ImageStore
 
@@ -61,7 +62,7 @@ KEYS = ["a/1.jpg", "a/red.jpg", "a/x/deep.jpg", "ab/1.jpg", "b/a/1.jpg", "top.jp
 
 
 class CountingCollection:
-    """The Chroma collection, counting the records its ``get`` calls return."""
+    """The Chroma collection, counting the records whose metadata its ``get`` calls return."""
 
     def __init__(self, collection: Any) -> None:
         self._collection = collection
@@ -69,7 +70,8 @@ class CountingCollection:
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         page = self._collection.get(*args, **kwargs)
-        self.returned += len(page["ids"])
+        if page["metadatas"] is not None:
+            self.returned += len(page["ids"])
         return page
 
     def __getattr__(self, name: str) -> Any:
@@ -100,7 +102,8 @@ def test_collection_older_than_dirs_is_read_whole_and_stays_exact(settings):
     then never be swept), so the bucket is read and filtered by id."""
     client = ImageStore.open(settings).client
     client.delete_collection(settings.collection)
-    client.create_collection(settings.collection, embedding_function=None, metadata={
+    client.create_collection(settings.collection, embedding_function=None,
+                             configuration={"hnsw": {"space": "cosine"}}, metadata={
         "model_id": settings.model_id, "dim": settings.dim, "imgrag_schema": 1})
     store = ImageStore.open(settings)
     add(store, {"s3://b/a/1.jpg": {"bucket": "b", "etag": "old"},
@@ -113,3 +116,78 @@ def test_collection_older_than_dirs_is_read_whole_and_stays_exact(settings):
 
 def test_new_collections_declare_the_dirs_schema(store):
     assert store.collection.metadata["imgrag_schema"] >= 2
+
+
+DEEP = "a/" * 300  # 600 characters, 300 folder levels
+DEEP_KEYS = [*(f"{DEEP}{'x/' * 200}{i}.jpg" for i in range(10)),  # ~1 KB keys of slashes
+             *(f"{DEEP}{'y/' * 200}{i}.jpg" for i in range(10)), "/" * 1000 + "z.jpg", "a/top.jpg"]
+
+
+@pytest.fixture
+def deep_store(store) -> ImageStore:
+    metas = {}
+    for key in DEEP_KEYS:
+        obj = SourceObject(uri=f"s3://b/{key}", bucket="b", key=key, etag="e", size=1)
+        metas[obj.uri] = {"bucket": "b", "key": key, "etag": "e", "source_uri": obj.uri,
+                          **filter_metadata(obj)}
+    add(store, metas)
+    return store
+
+
+def test_dirs_of_deep_keys_stay_small(deep_store, settings):
+    stored = deep_store.collection.get(include=["metadatas"])["metadatas"]
+    for meta in stored:
+        assert len(meta.get("dirs", [])) <= 16
+        assert sum(map(len, meta.get("dirs", []))) <= 4096
+    # 22 records; every ancestor of each key made this ~40 MB
+    assert (settings.chroma_path / "chroma.sqlite3").stat().st_size < 4_000_000
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [
+    (DEEP + "x/" * 200, DEEP_KEYS[:10]),
+    (DEEP + "y/" * 200 + "3", [DEEP_KEYS[13]]),
+    (DEEP + "y/", DEEP_KEYS[10:20]),
+    ("/" * 500, [DEEP_KEYS[20]]),
+    ("a/", [*DEEP_KEYS[:20], "a/top.jpg"]),
+])
+def test_manifest_and_prefix_query_stay_exact_below_the_stored_folders(deep_store, prefix,
+                                                                        expected):
+    assert sorted(deep_store.manifest("b", f"s3://b/{prefix}")) == sorted(
+        f"s3://b/{key}" for key in expected)
+
+    request = SearchRequest(text="x", filters=QueryFilters(prefix=prefix))
+    hits = deep_store.query(vector(0), k=len(DEEP_KEYS), where=resolve_where(deep_store, request))
+    assert sorted(h.metadata["key"] for h in hits) == sorted(expected)
+
+
+class DeletingCollection(CountingCollection):
+    """The Chroma collection; after the first page of metadata it returns, ``delete`` runs
+    (another shard's sweep between two pages of the read)."""
+
+    def __init__(self, collection: Any, delete: list[str]) -> None:
+        super().__init__(collection)
+        self._delete = delete
+        self.first_page: list[str] = []
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        page = super().get(*args, **kwargs)
+        if page["metadatas"] is not None and not self.first_page:
+            self.first_page = list(page["ids"])
+            self._collection.delete(ids=self._delete + self.first_page)
+        return page
+
+
+def test_records_deleted_during_the_read_leave_no_live_record_unseen(store, monkeypatch):
+    monkeypatch.setattr("imgrag.store._MANIFEST_PAGE", 5)
+    ids = [f"s3://b/p/{i:02}.jpg" for i in range(23)]
+    add(store, {uri: s3_meta(uri, "e") for uri in ids})
+    later = ids[-3:]  # deleted before their page is read
+    deleting = DeletingCollection(store.collection, later)
+    store.collection = deleting
+
+    manifest = store.manifest("b", "s3://b/p/")
+
+    live = set(ids) - set(later) - set(deleting.first_page)
+    assert len(deleting.first_page) == 5
+    assert live <= set(manifest)  # no live record unseen
+    assert set(manifest) - live == set(deleting.first_page)  # seen before their deletion

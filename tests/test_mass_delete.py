@@ -8,8 +8,8 @@ from pathlib import Path
 import chromadb
 import pytest
 
-from flows.ingest import ingest_flow
 from flows.ingest import main as ingest_main
+from flows.ingest_flow import ingest_flow
 from imgrag.normalize import NORMALIZE_VERSION
 from imgrag.records import Indexed, SourceObject
 from imgrag.sync import MASS_DELETE_MIN_RECORDS, ScopePlanner

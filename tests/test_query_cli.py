@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flows.query import main, query_flow
+from flows.query import main
+from flows.query_flow import query_flow
 from imgrag.errors import ConfigError
 from imgrag.thumbnails import THUMBNAIL_SIDE
 from tests.retrieval import CATALOG, Catalog

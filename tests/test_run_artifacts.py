@@ -22,9 +22,9 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogHandler
 
 import tasks.report
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from flows.query import main as query_main
-from flows.query import query_flow
+from flows.query_flow import query_flow
 from imgrag.emulators.bedrock import count_tokens
 from tests.test_ingest_flow import put_colours
 

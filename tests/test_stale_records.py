@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from imgrag.normalize import NORMALIZE_VERSION
 from imgrag.records import Indexed, SourceObject
 from imgrag.settings import Settings

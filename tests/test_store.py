@@ -78,3 +78,26 @@ def test_collection_written_by_a_newer_schema_is_refused(settings):
     store.collection.modify(metadata={**store.collection.metadata, "imgrag_schema": 99})
     with pytest.raises(StoreError, match="newer imgrag"):
         ImageStore.open(settings)
+
+
+@pytest.mark.parametrize("space", ["l2", "ip"])
+def test_collection_of_another_distance_space_is_refused_even_with_our_metadata(settings, space):
+    client = ImageStore.open(settings).client
+    client.delete_collection(settings.collection)
+    client.create_collection(settings.collection, configuration={"hnsw": {"space": space}},
+                             embedding_function=None, metadata={
+                                 "model_id": settings.model_id, "dim": settings.dim,
+                                 "imgrag_schema": 2})
+    with pytest.raises(StoreError, match=rf"^collection 'images' measures {space} distance,"
+                                         r" not cosine .*; use another --collection$"):
+        ImageStore.open(settings, create=False)
+
+
+@pytest.mark.parametrize("schema", ["2", 2.5, True, 0])
+def test_malformed_schema_version_is_refused_in_one_line(settings, schema):
+    store = ImageStore.open(settings)
+    meta = {**store.collection.metadata, "imgrag_schema": schema}
+    store.collection.modify(metadata=meta)
+    with pytest.raises(StoreError, match=r"^collection 'images' has a malformed imgrag_schema"
+                                         r" \(.*\); use another --collection$"):
+        ImageStore.open(settings)

@@ -21,7 +21,7 @@ from pathlib import Path
 import chromadb
 import pytest
 
-from flows.ingest import ingest_flow
+from flows.ingest_flow import ingest_flow
 from imgrag.errors import SourceError
 from imgrag.normalize import NORMALIZE_VERSION
 from imgrag.records import Indexed, SourceObject

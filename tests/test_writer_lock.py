@@ -10,7 +10,8 @@ import time
 import chromadb
 import pytest
 
-from flows.ingest import ingest_flow, main
+from flows.ingest import main
+from flows.ingest_flow import ingest_flow
 from imgrag.errors import StoreLockedError
 from imgrag.lock import LOCK_NAME, WriterLock, check_unlocked
 from tests import corpus

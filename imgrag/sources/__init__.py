@@ -1,14 +1,21 @@
-"""Image sources (S3, local folder) behind one protocol, opened from a URI or path."""
+"""Image sources (S3, local folder) behind one protocol, opened from a URI or path.
+
+The S3 names load boto3 on first use, so a local folder never pays for importing it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgrag.settings import Settings
 from imgrag.sources.base import IMAGE_EXTENSIONS, FetchError, Source, is_image_key
 from imgrag.sources.local import LocalSource
-from imgrag.sources.s3 import S3Source, make_s3_client, parse_s3_uri
+from imgrag.sources.s3_uri import parse_s3_uri
+
+if TYPE_CHECKING:
+    from imgrag.sources.s3 import S3Source, make_s3_client
+
+_S3_NAMES = ("S3Source", "make_s3_client")
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -18,19 +25,32 @@ __all__ = [
     "Source",
     "check_source",
     "is_image_key",
+    "make_s3_client",
     "open_source",
+    "parse_s3_uri",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _S3_NAMES:
+        from imgrag.sources import s3
+
+        return getattr(s3, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_source(source: str, settings: Settings, s3_client: Any = None) -> Source:
     """``s3://bucket/prefix`` → S3Source; anything else is a local folder path."""
     if source.startswith("s3://"):
-        bucket, prefix = parse_s3_uri(source)
+        bucket, prefix = parse_s3_uri(source)  # a bad URI is refused before boto3 loads
+        from imgrag.sources.s3 import S3Source, make_s3_client
+
         client = s3_client or make_s3_client(settings.region, max_pool=settings.concurrency)
         return S3Source(bucket, prefix, client)
     state = settings.resolved_state_dir
     state.mkdir(parents=True, exist_ok=True)
-    return LocalSource(Path(source), hash_cache_path=state / "local-hashes.sqlite3")
+    return LocalSource(Path(source), hash_cache_path=state / "local-hashes.sqlite3",
+                       max_object_bytes=settings.max_object_bytes)
 
 
 def check_source(source: str, settings: Settings) -> None:

@@ -1,0 +1,48 @@
+"""The query flow: text or an example image → embedding → nearest neighbours in the store,
+filtered by metadata, with the hits published as a Prefect artifact. Deployments and UI runs
+use it, and so does the CLI (``python -m flows.query``) when a Prefect API is configured."""
+
+from __future__ import annotations
+
+from prefect import flow
+from pydantic import ValidationError
+
+from flows.cli import config_error, settings_from_cli
+from imgrag.filters import QueryFilters
+from imgrag.query import SearchRequest, settings_for_collection
+from imgrag.records import Hit
+from tasks.query import search_task
+from tasks.report import publish_query_hits
+
+
+@flow(name="query-images", validate_parameters=True)
+def query_flow(
+    text: str | None = None,
+    k: int = 8,
+    where: dict | None = None,
+    collection: str | None = None,
+    dim: int | None = None,
+    chroma_path: str | None = None,
+    chroma_url: str | None = None,
+    region: str | None = None,
+    image: str | None = None,
+    exclude_self: bool = False,
+    filters: QueryFilters | None = None,
+    max_distance: float | None = None,
+    model: str | None = None,
+) -> list[Hit]:
+    """The ``k`` indexed images closest to ``text`` or to the example ``image`` (a path or
+    s3:// URI), within the metadata ``where``/``filters``, none farther than ``max_distance``.
+    """
+    settings = settings_for_collection(  # a query embeds with its collection's model
+        settings_from_cli(collection=collection, chroma_path=chroma_path,
+                          chroma_url=chroma_url, region=region), model=model, dim=dim)
+    try:
+        request = SearchRequest(text=text, image=image, k=k, where=where,
+                                filters=filters or QueryFilters(), exclude_self=exclude_self,
+                                max_distance=max_distance)
+    except ValidationError as exc:  # deployment parameters: a one-line error, no traceback
+        raise config_error(exc) from None
+    hits, text_tokens = search_task(settings.public_dict(), request)
+    publish_query_hits(request.label, settings.public_dict(), hits, text_tokens)
+    return hits
