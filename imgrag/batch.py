@@ -31,7 +31,8 @@ from imgrag.embedders import model_format
 from imgrag.errors import ConfigError, EmbeddingError
 from imgrag.pipeline import Runtime, prepare_object, record_metadata
 from imgrag.records import BatchResult, Failure, SourceObject
-from imgrag.sources.s3 import make_s3_client, parse_s3_uri
+from imgrag.sources.s3 import make_s3_client
+from imgrag.sources.s3_uri import parse_s3_uri
 
 MIN_RECORDS_PER_JOB = 100
 MAX_RECORDS_PER_JOB = 50_000  # also per file
