@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from imgrag.aws import new_session
 from imgrag.embedders import model_format
 from imgrag.errors import ConfigError, EmbeddingError
+from imgrag.normalize import NormalizedImage
 from imgrag.pipeline import Runtime, prepare_object, record_metadata
 from imgrag.records import BatchResult, Failure, SourceObject
 from imgrag.sources.s3 import make_s3_client
@@ -37,6 +38,7 @@ from imgrag.sources.s3_uri import parse_s3_uri
 MIN_RECORDS_PER_JOB = 100
 MAX_RECORDS_PER_JOB = 50_000  # also per file
 MAX_FILE_BYTES = 1_000_000_000  # AWS: 1 GB per input file
+PREPARED_AHEAD = 256  # images downloaded and normalized ahead of the JSONL writer
 FINISHED = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
 COLLECTED = "collected.json"
 
@@ -151,8 +153,7 @@ class BatchInference:
         downloaded = count = 0
         index: list[str] = []
         with _Parts(self.s3, self.bucket, f"{home}input/") as parts:
-            prepared = self.rt.pool.map(lambda o: (o, *prepare_object(self.rt, o)), objects)
-            for obj, image, failure, nbytes in prepared:
+            for obj, image, failure, nbytes in self._prepared(objects):
                 downloaded += nbytes
                 if failure is not None:
                     failures.append(failure)
@@ -168,6 +169,14 @@ class BatchInference:
             self.s3.put_object(Bucket=self.bucket, Key=f"{home}index.jsonl",
                                Body="\n".join(index).encode())
         return count, failures, downloaded
+
+    def _prepared(self, objects: Sequence[SourceObject]) -> Iterator[
+            tuple[SourceObject, NormalizedImage | None, Failure | None, int]]:
+        """``objects`` downloaded and normalized concurrently, at most PREPARED_AHEAD of
+        them held at a time (memory stays flat in the job's size)."""
+        for start in range(0, len(objects), PREPARED_AHEAD):
+            chunk = objects[start : start + PREPARED_AHEAD]
+            yield from self.rt.pool.map(lambda o: (o, *prepare_object(self.rt, o)), chunk)
 
     # -- wait and collect --------------------------------------------------------------
 

@@ -137,7 +137,7 @@ def test_a_run_killed_after_submitting_is_collected_by_the_next_without_resubmit
                         IMGRAG_BATCH_POLL_S="0.1", PYTHONPATH=str(REPO_ROOT))
     try:
         wait_until(lambda: fake_bedrock.jobs.created == 1, 120, "the job to be created", proc)
-        time.sleep(0.5)  # the run is polling now
+        wait_until(lambda: fake_bedrock.jobs.checks >= 3, 60, "the polling task to retry", proc)
     finally:
         kill_group(proc)
     assert fake_bedrock.stats.requests == 0  # no InvokeModel: everything went to the job

@@ -57,6 +57,7 @@ class BatchJobs:
         self.error_rate = error_rate
         self.min_records = min_records
         self.created = 0  # CreateModelInvocationJob calls that made a job
+        self.checks = 0  # GetModelInvocationJob calls
         self._jobs: dict[str, dict[str, Any]] = {}  # jobArn -> job description
         self._submitted: dict[str, float] = {}  # jobArn -> monotonic submission time
         self._lock = threading.Lock()
@@ -131,6 +132,7 @@ class BatchJobs:
         """GetModelInvocationJob by ARN (or by the job id at its end)."""
         self._run_due()
         with self._lock:
+            self.checks += 1
             return dict(self._job(identifier))
 
     def stop(self, identifier: str) -> dict[str, Any]:
