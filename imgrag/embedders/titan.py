@@ -36,15 +36,11 @@ SPEC = ModelSpec(
     sources="docs.aws.amazon.com/bedrock/latest/userguide/titan-multiemb-models.html",
 )
 
-# Token estimate that never undercounts a BPE tokenizer by much: a run of ASCII letters
-# or digits is one token per 4 characters (at least 1); every other visible character
-# (punctuation, CJK, accented letters) is a token of its own.
+# A token estimate on the generous side of BPE tokenizers (English words average ~4
+# characters a token): a run of ASCII letters or digits is one token per 3 characters (at
+# least 1); every other visible character (punctuation, CJK, accented letters) is one.
 _ASCII_RUN = re.compile(r"[A-Za-z0-9]+|\S")
-
-
-def estimate_tokens(text: str) -> int:
-    """A generous count of the tokens Titan bills for ``text``."""
-    return sum(math.ceil(len(m) / 4) for m in _ASCII_RUN.findall(text))
+_CHARS_PER_TOKEN = 3
 
 
 def truncate_text(text: str, max_tokens: int = SPEC.max_text_tokens) -> str:
@@ -53,9 +49,9 @@ def truncate_text(text: str, max_tokens: int = SPEC.max_text_tokens) -> str:
     text = text[: SPEC.max_text_chars]
     used = 0
     for match in _ASCII_RUN.finditer(text):
-        cost = math.ceil(len(match.group()) / 4)
-        if used + cost > max_tokens:  # keep what fits of this piece (4 characters a token)
-            return text[: match.start() + 4 * (max_tokens - used)].rstrip()
+        cost = math.ceil(len(match.group()) / _CHARS_PER_TOKEN)
+        if used + cost > max_tokens:  # keep what fits of this piece
+            return text[: match.start() + _CHARS_PER_TOKEN * (max_tokens - used)].rstrip()
         used += cost
     return text
 
