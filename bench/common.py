@@ -110,10 +110,11 @@ class Service:
                 self.proc.wait()
 
 
-def start_fake_bedrock(latency_ms: float, quota_rps: float | None, env: dict[str, str]) -> Service:
+def start_fake_bedrock(latency_ms: float, quota_rps: float | None, env: dict[str, str],
+                       extra_args: Sequence[str] = ()) -> Service:
     """``python -m imgrag.emulators.bedrock`` with a latency and an optional quota."""
     cmd = [sys.executable, "-m", "imgrag.emulators.bedrock", "--port", "0",
-           "--latency-ms", str(latency_ms)]
+           "--latency-ms", str(latency_ms), *extra_args]
     if quota_rps:
         cmd += ["--quota-rps", str(quota_rps)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m flows.ingest",
         description=(
             "Index the images under an S3 prefix or a local folder into a Chroma collection "
-            "with Amazon Titan Multimodal Embeddings. Incremental: only new or changed "
+            "with an Amazon Bedrock embedding model (--model). Incremental: only new or changed "
             "objects (by ETag) are embedded; records of objects deleted from the listed "
             "scope are removed. Settings also come from IMGRAG_* environment variables; AWS "
             "configuration is boto3's own (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_S3, "
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="delete records even when the listing is empty or more than "
                         "IMGRAG_MAX_DELETE_FRACTION (default 0.5) of them are gone; "
                         "otherwise such deletions are withheld with a warning")
+    parser.add_argument("--mode", choices=("on-demand", "batch", "auto"),
+                        help="InvokeModel calls, a Bedrock batch inference job at the batch "
+                        "price, or a job from IMGRAG_BATCH_AUTO_THRESHOLD images (IMGRAG_MODE)")
     parser.add_argument("--json", action="store_true",
                         help="print the run report as JSON on stdout")
     return parser
@@ -88,6 +91,9 @@ def print_report(report: IngestReport, as_json: bool) -> None:
     print(f"duration    {report.duration_s:.1f}s ({report.images_per_s:.1f} images/s), "
           f"Bedrock images billed {report.billed_images},"
           f" est. cost ${report.estimated_cost_usd:.4f}")
+    if report.batch_images or report.batch_jobs:
+        print(f"batch       {report.batch_images} images at the batch price; jobs submitted:"
+              f" {', '.join(report.batch_jobs) or 'none'}")
     for failure in report.failures[:MAX_PRINTED_FAILURES]:
         print(f"FAILED {safe_text(failure.id)} [{failure.stage}] {safe_text(failure.reason)}")
     if len(report.failures) > MAX_PRINTED_FAILURES:
@@ -127,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "chroma_path": args.chroma_path, "chroma_url": args.chroma_url, "region": args.region,
         "batch_size": args.batch_size, "concurrency": args.concurrency,
         "retry_failed": args.retry_failed, "shard": args.shard,
-        "allow_mass_delete": args.allow_mass_delete,
+        "allow_mass_delete": args.allow_mass_delete, "model": args.model, "mode": args.mode,
     }
     try:
         preflight(params)

@@ -18,6 +18,7 @@ from imgrag.lock import writer_lock
 from imgrag.pipeline import Runtime, close_runtime, hold_runtime, refresh_records
 from imgrag.records import BatchResult, IngestReport, SourceObject
 from imgrag.sync import ScopePlanner, parse_shard
+from tasks.batch import embed_with_batch_jobs
 from tasks.guard import exclusive_ingest
 from tasks.ingest import delete_records, ingest_batch
 from tasks.report import publish_ingest_report, start_progress, update_progress
@@ -54,6 +55,8 @@ def ingest_flow(
     retry_failed: bool = False,
     shard: str | None = None,
     allow_mass_delete: bool = False,
+    model: str | None = None,
+    mode: str | None = None,
 ) -> IngestReport:
     """Make ``source`` (``s3://bucket/prefix`` or a folder) searchable in a Chroma collection.
 
@@ -66,7 +69,7 @@ def ingest_flow(
         raise ConfigError("no shard given: pass shard=I/N (e.g. 0/4)")
     settings = settings_from_cli(  # deployment parameters: bad values are one-line errors
         collection=collection, dim=dim, chroma_path=chroma_path, chroma_url=chroma_url,
-        region=region, batch_size=batch_size, concurrency=concurrency,
+        region=region, batch_size=batch_size, concurrency=concurrency, model=model, mode=mode,
     )
     with (
         writer_lock(settings.chroma_url, settings.chroma_path),
@@ -99,13 +102,17 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     in_flight: deque[PrefectFuture[BatchResult]] = deque()
     queued = 0
 
-    def collect(future: PrefectFuture[BatchResult], listing_done: bool) -> None:
-        result = future.result()
+    def collect_result(result: BatchResult) -> None:
         report.embedded += result.upserted
         report.billed_images += result.billed_images
+        report.batch_images += result.batch_images
         report.bytes_downloaded += result.bytes_downloaded
         report.stale_removed += result.stale_removed
         report.failures += result.failures
+
+    def collect(future: PrefectFuture[BatchResult], listing_done: bool) -> None:
+        result = future.result()
+        collect_result(result)
         done = report.embedded + len(report.failures)
         elapsed = time.perf_counter() - started
         logger.info(
@@ -116,9 +123,15 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         update_progress(progress, done, queued, listing_done)
 
     listing = rt.source.list_objects()
+    todo: Iterable[SourceObject] = planner.todo(listing)
+    if settings.batch_staging_uri or settings.mode != "on-demand":  # jobs to collect or make
+        todo, results, report.batch_jobs = embed_with_batch_jobs(settings, source, list(todo),
+                                                                  run_id)
+        queued += sum(r.upserted + len(r.failures) for r in results)
+        for result in results:
+            collect_result(result)
     try:
-        for number, batch in enumerate(batched(planner.todo(listing), settings.batch_size),
-                                       start=1):
+        for number, batch in enumerate(batched(todo, settings.batch_size), start=1):
             queued += len(batch)
             in_flight.append(ingest_batch.submit(plain, source, batch, run_id, number))
             # One batch alone until one was stored: a broken store costs one batch's bill.
@@ -152,7 +165,8 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         "unreadable": len(listing.unreadable),
         "duration_s": round(elapsed, 3),
         "images_per_s": round(report.embedded / elapsed, 2) if elapsed else 0.0,
-        "estimated_cost_usd": round(report.billed_images * settings.price_per_image, 6),
+        "estimated_cost_usd": round(settings.price_per_image * (
+            report.billed_images - report.batch_images * (1 - settings.batch_price_factor)), 6),
     })
     logger.info(
         "done: listed %d, new %d, changed %d, deleted %d, unchanged %d, skipped %d, failed %d,"

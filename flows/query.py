@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flows.query",
         description="Search indexed images by text or by an example image: the query is "
-        "embedded with the collection's model (Amazon Titan Multimodal Embeddings) and the "
+        "embedded with the collection's model (the Amazon Bedrock model it was built with) and the "
         "nearest images (cosine distance) are printed. Repeated texts are answered from a "
         "local embedding cache.",
         epilog="Prefect: with PREFECT_API_URL set (or a Prefect profile that sets it), the "
@@ -144,7 +144,7 @@ def search(request: SearchRequest, args: argparse.Namespace, settings: Settings)
             return query_flow(request.text, request.k, request.where, args.collection,
                               args.dim, args.chroma_path, args.chroma_url, args.region,
                               request.image, request.exclude_self, request.filters,
-                              request.max_distance)
+                              request.max_distance, args.model)
     with quiet_gc():
         from imgrag.query import LazyEmbedder, run_search
     return run_search(settings, request, embedder=LazyEmbedder(settings))
@@ -218,14 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     request = build_request(args)
-    settings = settings_from_cli(collection=args.collection, dim=args.dim,
-                                 chroma_path=args.chroma_path, chroma_url=args.chroma_url,
-                                 region=args.region)
+    settings = settings_from_cli(collection=args.collection, chroma_path=args.chroma_path,
+                                 chroma_url=args.chroma_url, region=args.region)
     with quiet_gc():
-        from imgrag.store import ImageStore
+        from imgrag.query import settings_for_collection
         from imgrag.summarize import SummaryError, summarize_hits
         from imgrag.thumbnails import ThumbnailLoader
-    ImageStore.open(settings, create=False)  # a missing store: one line, before any work
+    # the collection's model and dimension; a missing store: one line, before any work
+    settings = settings_for_collection(settings, model=args.model, dim=args.dim)
     hits = search(request, args, settings)
     loader = ThumbnailLoader(settings)
     summary: Summary | None = None

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from flows.cli import config_error, settings_from_cli
 from imgrag.filters import QueryFilters
-from imgrag.query import SearchRequest
+from imgrag.query import SearchRequest, settings_for_collection
 from imgrag.records import Hit
 from tasks.query import search_task
 from tasks.report import publish_query_hits
@@ -29,12 +29,14 @@ def query_flow(
     exclude_self: bool = False,
     filters: QueryFilters | None = None,
     max_distance: float | None = None,
+    model: str | None = None,
 ) -> list[Hit]:
     """The ``k`` indexed images closest to ``text`` or to the example ``image`` (a path or
     s3:// URI), within the metadata ``where``/``filters``, none farther than ``max_distance``.
     """
-    settings = settings_from_cli(collection=collection, dim=dim, chroma_path=chroma_path,
-                                 chroma_url=chroma_url, region=region)
+    settings = settings_for_collection(  # a query embeds with its collection's model
+        settings_from_cli(collection=collection, chroma_path=chroma_path,
+                          chroma_url=chroma_url, region=region), model=model, dim=dim)
     try:
         request = SearchRequest(text=text, image=image, k=k, where=where,
                                 filters=filters or QueryFilters(), exclude_self=exclude_self,

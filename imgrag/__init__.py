@@ -1,4 +1,4 @@
-"""imgrag: image retrieval over S3 or a folder — Titan Multimodal Embeddings in ChromaDB.
+"""imgrag: image retrieval over S3 or a folder — Amazon Bedrock embeddings in ChromaDB.
 
 The notebook functions of the original proof of concept are importable from here
 (``from imgrag import query_images, show_hit_images``); see :mod:`imgrag.notebook`.

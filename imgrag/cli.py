@@ -23,8 +23,10 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
                         "(IMGRAG_CHROMA_URL)")
     parser.add_argument("--collection", help="collection name (IMGRAG_COLLECTION, "
                         "default images)")
-    parser.add_argument("--dim", type=int, choices=(256, 384, 1024),
-                        help="embedding length (IMGRAG_DIM, default 1024)")
+    parser.add_argument("--model", help="embedding model: titan, nova, cohere or a Bedrock "
+                        "model id (IMGRAG_MODEL, default titan); a query uses its collection's")
+    parser.add_argument("--dim", type=int, help="embedding length, one of the model's "
+                        "(IMGRAG_DIM, default the model's)")
     parser.add_argument("--region", help="AWS region for Bedrock and S3 (default: boto3's)")
 
 

@@ -132,18 +132,19 @@ def close_runtime(settings: Settings, source: str) -> None:
 
 
 def record_metadata(
-    obj: SourceObject, image: NormalizedImage, embedder: Embedder, run_id: str
+    obj: SourceObject, image: NormalizedImage | None, embedder: Embedder, run_id: str
 ) -> dict[str, Any]:
     """The metadata stored with each vector (Chroma takes str/int/float/bool and non-empty
-    lists of them); ``filter_metadata`` adds the fields query filters need."""
+    lists of them); ``filter_metadata`` adds the fields query filters need. Without
+    ``image`` (the model read the object from S3), size and format are unknown: 0 and ""."""
     return {
         "source_uri": obj.uri,
         "bucket": obj.bucket,
         "key": obj.key,
         "etag": obj.etag,
-        "width": image.source_width,
-        "height": image.source_height,
-        "format": image.source_format or "",
+        "width": image.source_width if image else 0,
+        "height": image.source_height if image else 0,
+        "format": (image.source_format or "") if image else "",
         "model_id": embedder.model_id,
         "dim": embedder.dim,
         "normalize_version": NORMALIZE_VERSION,
@@ -179,7 +180,7 @@ def normalize_for_model(data: bytes, embedder: Embedder, settings: Settings) -> 
 
 @dataclass
 class _Unit:
-    """Items embedded by one model call (Titan: one image)."""
+    """Objects embedded together (Titan: one image; Cohere: up to 96)."""
 
     objects: list[SourceObject]
     images: list[NormalizedImage] = field(default_factory=list)
@@ -191,7 +192,9 @@ class _Unit:
     store_error: StoreError | None = None  # not embedded: the store's writes gave up
 
 
-def _prepare(rt: Runtime, obj: SourceObject) -> tuple[NormalizedImage | None, Failure | None, int]:
+def prepare_object(
+    rt: Runtime, obj: SourceObject
+) -> tuple[NormalizedImage | None, Failure | None, int]:
     """Download and normalize one object; a Failure instead of raising."""
     settings, embedder = rt.settings, rt.embedder
     if obj.size > settings.max_object_bytes:
@@ -211,53 +214,143 @@ def _prepare(rt: Runtime, obj: SourceObject) -> tuple[NormalizedImage | None, Fa
     return image, None, len(data)
 
 
-def _run_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
-    """Prepare and embed one unit; image bytes are dropped once embedded (flat memory)."""
+S3_IMAGE_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif",
+                    ".webp": "webp"}
+
+
+def s3_image_format(rt: Runtime, obj: SourceObject) -> str | None:
+    """The format to name when the model may read ``obj`` from S3 itself, else None."""
+    if not (rt.settings.s3_location and obj.bucket):
+        return None
+    limit = rt.embedder.spec.max_s3_image_bytes
+    if not limit or obj.size > limit:
+        return None
+    suffix = obj.key[obj.key.rfind("."):].lower() if "." in obj.key else ""
+    return S3_IMAGE_FORMATS.get(suffix)
+
+
+def _embed_s3_object(rt: Runtime, obj: SourceObject, image_format: str, run_id: str) -> _Unit:
+    """Embed an object the model reads from S3 (``s3Location``): no download, no normalize."""
+    unit = _Unit([obj])
+    try:
+        rt.store.wait_writable()  # pay for no vectors while the store cannot take them
+    except StoreError as exc:
+        unit.store_error, unit.objects = exc, []
+        return unit
+    try:
+        unit.vectors = [rt.embedder.embed_s3_image(obj.uri, image_format)]
+    except EmbedFailed as exc:
+        unit.failures = [Failure(id=obj.uri, etag=obj.etag, stage="embed", reason=exc.reason,
+                                 permanent=exc.permanent)]
+        unit.objects = []
+        return unit
+    unit.billed_images = 1
+    unit.metadatas = [record_metadata(obj, None, rt.embedder, run_id)]
+    return unit
+
+
+def _run_object(rt: Runtime, obj: SourceObject, run_id: str) -> _Unit:
+    """Download, normalize and embed one object in one thread (or let the model read it)."""
+    image_format = s3_image_format(rt, obj)
+    if image_format is not None:
+        return _embed_s3_object(rt, obj, image_format, run_id)
+    return _embed_unit(rt, _prepare_unit(rt, _Unit([obj])), run_id)
+
+
+def _prepare_unit(rt: Runtime, unit: _Unit) -> _Unit:
+    """Download and normalize the unit's objects; those that fail leave it as Failures."""
     ready: list[SourceObject] = []
     for obj in unit.objects:
-        image, failure, nbytes = _prepare(rt, obj)
+        image, failure, nbytes = prepare_object(rt, obj)
         unit.bytes_downloaded += nbytes
         if failure is not None:
             unit.failures.append(failure)
         else:
             ready.append(obj)
             unit.images.append(image)
-    if ready:
-        try:
-            rt.store.wait_writable()  # pay for no vectors while the store cannot take them
-            vectors = rt.embedder.embed_images([img.data for img in unit.images])
-            unit.billed_images = len(vectors)  # failed calls are not billed
-            if len(vectors) != len(ready):  # ids and vectors would be misaligned
-                raise EmbedFailed(f"model returned {len(vectors)} vectors for {len(ready)}"
-                                  " images", permanent=False)
-            unit.vectors = vectors
-        except StoreError as exc:
-            unit.store_error = exc
-        except EmbedFailed as exc:
-            unit.failures += [
-                Failure(id=o.uri, etag=o.etag, stage="embed", reason=exc.reason,
-                        permanent=exc.permanent)
-                for o in ready
-            ]
-        else:
-            unit.metadatas = [record_metadata(o, img, rt.embedder, run_id)
-                              for o, img in zip(ready, unit.images, strict=True)]
-        unit.images = []
-    unit.objects = ready if unit.vectors else []
+    unit.objects = ready
     return unit
+
+
+def _embed_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
+    """Embed a prepared unit; image bytes are dropped once embedded (flat memory)."""
+    if not unit.objects:
+        return unit
+    try:
+        rt.store.wait_writable()  # pay for no vectors while the store cannot take them
+    except StoreError as exc:
+        unit.store_error, unit.objects, unit.images = exc, [], []
+        return unit
+    try:
+        vectors = rt.embedder.embed_images([img.data for img in unit.images])
+        unit.billed_images += len(vectors)  # failed calls are not billed
+        if len(vectors) != len(unit.objects):  # ids and vectors would be misaligned
+            raise EmbedFailed(f"model returned {len(vectors)} vectors for"
+                              f" {len(unit.objects)} images", permanent=False)
+    except EmbedFailed as exc:
+        if exc.permanent and len(unit.objects) > 1:  # find the images the model refuses
+            return _embed_each(rt, unit, run_id)
+        unit.failures += [
+            Failure(id=o.uri, etag=o.etag, stage="embed", reason=exc.reason,
+                    permanent=exc.permanent)
+            for o in unit.objects
+        ]
+        unit.objects = []
+    else:
+        unit.vectors = vectors
+        unit.metadatas = [record_metadata(o, img, rt.embedder, run_id)
+                          for o, img in zip(unit.objects, unit.images, strict=True)]
+    unit.images = []
+    return unit
+
+
+def _embed_each(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
+    """Embed a refused multi-image unit one image a call: one bad image must not fail the
+    others of its call."""
+    singles = [_embed_unit(rt, _Unit([obj], [img]), run_id)
+               for obj, img in zip(unit.objects, unit.images, strict=True)]
+    unit.objects, unit.images = [], []
+    for single in singles:
+        unit.objects += single.objects
+        unit.vectors += single.vectors
+        unit.metadatas += single.metadatas
+        unit.failures += single.failures
+        unit.billed_images += single.billed_images
+        unit.store_error = unit.store_error or single.store_error
+    return unit
+
+
+def _regroup(prepared: Sequence[_Unit], size: int) -> list[_Unit]:
+    """Prepared one-object units as units of up to ``size`` objects; the first (empty of
+    objects) carries the failures and byte counts."""
+    units = [_Unit([], failures=[f for u in prepared for f in u.failures],
+                   bytes_downloaded=sum(u.bytes_downloaded for u in prepared))]
+    ready = [u for u in prepared if u.objects]
+    for start in range(0, len(ready), size):
+        group = ready[start : start + size]
+        units.append(_Unit([u.objects[0] for u in group], [u.images[0] for u in group]))
+    return units
 
 
 def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> BatchResult:
     """Download, normalize and embed ``objects`` concurrently, then upsert the successes.
 
-    Per-item problems become Failures (permanent ones go to the ledger); only run-level
-    errors (credentials, access, store) raise. A store that cannot be written raises a
-    StoreError after the vectors already paid for were given every attempt to be stored.
+    A model taking one image a call gets each object downloaded, normalized and embedded by
+    one thread (or read from S3 by the model, see ``s3_image_format``); a model taking
+    several gets all of them prepared concurrently first, then embedded in groups of its
+    ``max_batch`` (its embedder splits a group further by request size). Per-item problems
+    become Failures (permanent ones go to the ledger); only run-level errors (credentials,
+    access, store) raise. A store that cannot be written raises a StoreError after the
+    vectors already paid for were given every attempt to be stored.
     """
     started = time.perf_counter()
     step = rt.embedder.max_batch
-    units = [_Unit(list(objects[i : i + step])) for i in range(0, len(objects), step)]
-    done = list(rt.pool.map(lambda u: _run_unit(rt, u, run_id), units))
+    if step == 1:
+        done = list(rt.pool.map(lambda obj: _run_object(rt, obj, run_id), objects))
+    else:
+        prepared = list(rt.pool.map(lambda obj: _prepare_unit(rt, _Unit([obj])), objects))
+        done = list(rt.pool.map(lambda unit: _embed_unit(rt, unit, run_id),
+                                _regroup(prepared, step)))
 
     ids, vectors, metadatas, failures = [], [], [], []
     for unit in done:

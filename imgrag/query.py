@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from imgrag.embedders import Embedder, EmbedFailed, make_embedder
+from imgrag.embedders import Embedder, EmbedFailed, make_embedder, model_spec
 from imgrag.errors import ConfigError, EmbeddingError
 from imgrag.filters import QueryFilters, combine_where
 from imgrag.normalize import NormalizeError
@@ -25,7 +25,7 @@ from imgrag.sources.base import FetchError
 from imgrag.sources.local import read_regular_file
 from imgrag.sources.s3 import make_s3_client, read_object
 from imgrag.sources.s3_uri import parse_s3_uri
-from imgrag.store import ImageStore, check_where, chroma_errors
+from imgrag.store import ImageStore, check_where, chroma_errors, collection_vector_space
 from imgrag.text_cache import TEXT_CACHE_NAME, TextEmbeddingCache
 
 
@@ -173,6 +173,26 @@ def resolve_filters(
     if not ids:
         return {}
     return combine_where(where, {"source_uri": {"$in": ids}})
+
+
+def settings_for_collection(
+    settings: Settings, *, model: str | None = None, dim: int | None = None
+) -> Settings:
+    """``settings`` with the model and dimension the collection was built with: a query
+    embeds with those, whatever ``IMGRAG_MODEL``/``IMGRAG_DIM`` say. A ``model`` or ``dim``
+    asked for explicitly (a flag) that differs is a ConfigError."""
+    model_id, stored_dim = collection_vector_space(settings)
+    if (model is not None and model_spec(model).model_id != model_id) or (
+            dim is not None and dim != stored_dim):
+        raise ConfigError(
+            f"collection {settings.collection!r} holds {model_id} vectors of dim {stored_dim};"
+            " a query embeds with the collection's model (drop --model/--dim)")
+    if (model_id, stored_dim) == (settings.model_id, settings.dim):
+        return settings
+    prices = {} if model_id == settings.model_id else {
+        "price_per_image": None, "price_per_1k_text_tokens": None}  # the collection model's
+    return Settings(**(settings.model_dump() | {"model": model_id, "dim": stored_dim}
+                       | prices))
 
 
 class LazyEmbedder:

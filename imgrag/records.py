@@ -56,6 +56,7 @@ class BatchResult(BaseModel):
     stale_removed: int = 0  # records of changed objects that now fail permanently
     failures: list[Failure] = Field(default_factory=list)
     billed_images: int = 0  # images embedded by calls that succeeded (what Bedrock bills)
+    batch_images: int = 0  # of those, images billed at the batch inference price
     bytes_downloaded: int = 0
     seconds: float = 0.0
 
@@ -92,6 +93,8 @@ class IngestReport(BaseModel):
     failed: int = 0
     embedded: int = 0
     billed_images: int = 0  # images in successful model calls: the cost estimate's basis
+    batch_images: int = 0  # of those, images embedded by batch jobs (at the batch price)
+    batch_jobs: list[str] = Field(default_factory=list)  # names of the jobs submitted
     bytes_downloaded: int = 0
     duration_s: float = 0.0
     images_per_s: float = 0.0

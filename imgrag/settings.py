@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imgrag.embedders.models import DEFAULT_MODEL_ID, model_spec
 from imgrag.normalize import MAX_SOURCE_PIXELS
-
-TITAN_IMAGE_MODEL_ID = "amazon.titan-embed-image-v1"
 
 
 class Settings(BaseSettings):
@@ -34,8 +33,10 @@ class Settings(BaseSettings):
     )
 
     # Embedding model
-    model_id: str = TITAN_IMAGE_MODEL_ID
-    dim: Literal[256, 384, 1024] = 1024
+    model: str = Field(
+        DEFAULT_MODEL_ID, description="Bedrock model id or short name (titan, nova, cohere)."
+    )
+    dim: int | None = Field(None, description="Embedding length; default: the model's.")
     region: str | None = Field(None, description="AWS region; default: boto3's resolution.")
     bedrock_max_attempts: int = Field(8, ge=1, le=20, description="Attempts per Bedrock call.")
     bedrock_timeout_s: float = Field(
@@ -47,7 +48,11 @@ class Settings(BaseSettings):
     # calls wait; 128-object batches cut Prefect's per-task cost 4x. See bench/ingest.py.
     batch_size: int = Field(128, ge=1, le=5000)
     concurrency: int = Field(32, ge=1, le=256, description="Parallel downloads/embeds.")
-    max_side: int = Field(2048, ge=64, le=2048, description="Longest side sent to the model.")
+    max_side: int = Field(2048, ge=64, le=4096, description="Longest side sent to the model"
+                          " (and never above the model's own limit).")
+    s3_location: bool = Field(
+        False, description="Let a model that reads S3 itself (Nova) fetch S3 images by"
+        " s3Location: nothing downloaded or normalized here; width and height stay unknown.")
     max_object_bytes: int = Field(
         100 * 1024 * 1024, ge=1, description="Objects larger than this are not downloaded."
     )
@@ -57,9 +62,25 @@ class Settings(BaseSettings):
         " Pillow's own decompression-bomb limit, 89.5 MP).",
     )
 
-    # Cost estimate (USD list price of Titan Multimodal Embeddings G1, on-demand)
-    price_per_image: float = Field(0.00006, ge=0)
-    price_per_1k_text_tokens: float = Field(0.0008, ge=0)
+    # Cost estimate (USD); default: the model's on-demand list price
+    price_per_image: float | None = Field(None, ge=0)
+    price_per_1k_text_tokens: float | None = Field(None, ge=0)
+
+    # Bedrock batch inference (imgrag.batch)
+    mode: Literal["on-demand", "batch", "auto"] = Field(
+        "on-demand", description="How images are embedded: InvokeModel calls, a batch"
+        " inference job, or a job when a run has at least batch_auto_threshold images.")
+    batch_auto_threshold: int = Field(
+        5000, ge=100, description="Images to embed from which --mode auto uses a batch job.")
+    batch_role_arn: str | None = Field(
+        None, description="Service role Bedrock assumes to read and write the staging prefix.")
+    batch_staging_uri: str | None = Field(
+        None, description="s3://BUCKET/PREFIX for batch input and output files.")
+    batch_price_factor: float = Field(0.5, ge=0, description="Batch price / on-demand price.")
+    batch_poll_s: float = Field(60.0, gt=0, description="Seconds between job status checks.")
+    batch_wait_s: float = Field(
+        24 * 3600.0, ge=0, description="How long a run waits for its job (0: submit and"
+        " return; a later run collects it).")
 
     # Deletion guard: a larger share of a scope's records gone from one listing is withheld
     max_delete_fraction: float = Field(
@@ -95,6 +116,32 @@ class Settings(BaseSettings):
         if not url.hostname:
             raise ValueError("chroma_url has no host")
         return value
+
+    @model_validator(mode="after")
+    def _model_facts(self) -> Settings:
+        """The model's id, default dimension and prices, where not set explicitly."""
+        spec = model_spec(self.model)
+        self.model = spec.model_id
+        if self.dim is None:
+            self.dim = spec.default_dim
+        elif self.dim not in spec.dims:
+            raise ValueError(f"dim {self.dim} is not one of {spec.name}'s {spec.dims}")
+        if self.price_per_image is None:
+            self.price_per_image = spec.price_per_image
+        if self.price_per_1k_text_tokens is None:
+            self.price_per_1k_text_tokens = spec.price_per_1k_text_tokens
+        if self.mode == "batch" and not spec.batch_inference:
+            raise ValueError(f"{spec.name} does not support Bedrock batch inference;"
+                             " use mode on-demand")
+        if self.mode != "on-demand" and not (self.batch_role_arn and self.batch_staging_uri):
+            raise ValueError(f"mode {self.mode} needs IMGRAG_BATCH_ROLE_ARN and"
+                             " IMGRAG_BATCH_STAGING_URI (s3://BUCKET/PREFIX)")
+        return self
+
+    @property
+    def model_id(self) -> str:
+        """The Bedrock model id of ``model``."""
+        return self.model
 
     @property
     def resolved_state_dir(self) -> Path:

@@ -425,3 +425,20 @@ class ImageStore:
                 start=1,
             )
         ]
+
+
+def collection_vector_space(settings: Settings) -> tuple[str, int]:
+    """The (model id, dimension) ``settings.collection`` was created with; StoreError if
+    there is no such collection or it is not imgrag's. Writes nothing."""
+    if not settings.chroma_url and not (settings.chroma_path / "chroma.sqlite3").is_file():
+        raise StoreError(f"no store at {settings.chroma_path} (run an ingest first)")
+    client = make_chroma_client(settings)
+    name = settings.collection
+    with chroma_errors(f"open collection {name!r}"):
+        if name not in {c.name for c in client.list_collections()}:
+            raise StoreError(f"collection {name!r} does not exist (run an ingest first)")
+        metadata = client.get_collection(name, embedding_function=None).metadata or {}
+    if not isinstance(metadata.get("model_id"), str) or not isinstance(metadata.get("dim"), int):
+        raise StoreError(f"collection {name!r} was not created by imgrag (no model_id and dim"
+                         " in its metadata); use another --collection")
+    return metadata["model_id"], metadata["dim"]

@@ -269,11 +269,14 @@ def test_image_over_5_mb_rejected(client: Any) -> None:
     assert "max size" in err.response["Error"]["Message"]
 
 
-def test_text_over_128_tokens_rejected(client: Any) -> None:
-    assert invoke(client, {"inputText": " ".join(["red"] * 128)})["inputTextTokenCount"] == 128
-    err = error_of(client, {"inputText": " ".join(["red"] * 129)})
+def test_text_over_256_tokens_rejected(client: Any) -> None:
+    assert invoke(client, {"inputText": " ".join(["red"] * 256)})["inputTextTokenCount"] == 256
+    err = error_of(client, {"inputText": " ".join(["red"] * 257)})
     assert err.response["Error"]["Code"] == "ValidationException"
-    assert "129 tokens" in err.response["Error"]["Message"]
+    assert "257 tokens" in err.response["Error"]["Message"]
+    assert invoke(client, {"inputText": "红色" * 128})["inputTextTokenCount"] == 256
+    assert "257 tokens" in error_of(client, {"inputText": "红色" * 128 + "车"}
+                                    ).response["Error"]["Message"]
 
 
 # --------------------------------------------------------------------------- knobs

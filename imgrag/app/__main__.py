@@ -37,8 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_cli(collection=args.collection, dim=args.dim,
-                                     chroma_path=args.chroma_path, chroma_url=args.chroma_url,
-                                     region=args.region)
+                                     model=args.model, chroma_path=args.chroma_path,
+                                     chroma_url=args.chroma_url, region=args.region)
         try:
             app_settings = AppSettings(**{k: v for k, v in
                                           {"host": args.host, "port": args.port}.items()

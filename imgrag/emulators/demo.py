@@ -1,4 +1,4 @@
-"""The offline demo (``make demo``): a real Prefect server, a moto S3 server and the Titan
+"""The offline demo (``make demo``): a real Prefect server, a moto S3 server and the Bedrock
 EMULATOR on loopback, a generated sample bucket, then the real CLIs exactly as a user runs
 them against that server:
 
@@ -192,7 +192,7 @@ def main() -> int:
             fill_bucket(s3_url)
             print(f"S3 emulator (moto) at {s3_url}, bucket {BUCKET} with "
                   f"{len(PALETTE) * len(ITEMS)} images, 1 corrupt file and 1 text file")
-            print(f"Titan EMULATOR (not a model: colour-based vectors) at {bedrock.url}")
+            print(f"Bedrock EMULATOR (not a model: colour-based vectors) at {bedrock.url}")
             env |= {"AWS_ENDPOINT_URL_S3": s3_url,
                     "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url}
             waited = wait_healthy(api_url, proc, server_log)
