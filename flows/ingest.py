@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("on-demand", "batch", "auto"),
                         help="InvokeModel calls, a Bedrock batch inference job at the batch "
                         "price, or a job from IMGRAG_BATCH_AUTO_THRESHOLD images (IMGRAG_MODE)")
+    parser.add_argument("--video", choices=("on", "off"),
+                        help="index videos (.mp4 .mov .m4v .webm .mkv .avi) as frames "
+                        "(IMGRAG_VIDEO, default on); off: images only")
     parser.add_argument("--json", action="store_true",
                         help="print the run report as JSON on stdout")
     return parser
@@ -94,6 +97,14 @@ def print_report(report: IngestReport, as_json: bool) -> None:
     if report.batch_images or report.batch_jobs:
         print(f"batch       {report.batch_images} images at the batch price; jobs submitted:"
               f" {', '.join(report.batch_jobs) or 'none'}")
+    if report.videos:
+        frames = sum(v.frames for v in report.videos)
+        billed = sum(v.billed_images for v in report.videos)
+        print(f"videos      {len(report.videos)} ({frames} frames, Bedrock images billed "
+              f"{billed})")
+    for video in report.videos[:MAX_PRINTED_FAILURES]:
+        print(f"VIDEO {safe_text(video.uri)}  {video.duration_s:.1f}s  frames {video.frames}"
+              f"  billed {video.billed_images}")
     for failure in report.failures[:MAX_PRINTED_FAILURES]:
         print(f"FAILED {safe_text(failure.id)} [{failure.stage}] {safe_text(failure.reason)}")
     if len(report.failures) > MAX_PRINTED_FAILURES:
@@ -134,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch_size": args.batch_size, "concurrency": args.concurrency,
         "retry_failed": args.retry_failed, "shard": args.shard,
         "allow_mass_delete": args.allow_mass_delete, "model": args.model, "mode": args.mode,
+        "video": None if args.video is None else args.video == "on",
     }
     try:
         preflight(params)

@@ -17,6 +17,7 @@ from imgrag.errors import ConfigError, ImgragError
 from imgrag.lock import writer_lock
 from imgrag.pipeline import Runtime, close_runtime, hold_runtime, refresh_records
 from imgrag.records import BatchResult, IngestReport, SourceObject
+from imgrag.sources import is_video_key
 from imgrag.sync import ScopePlanner, parse_shard
 from tasks.batch import embed_with_batch_jobs
 from tasks.guard import exclusive_ingest
@@ -57,11 +58,13 @@ def ingest_flow(
     allow_mass_delete: bool = False,
     model: str | None = None,
     mode: str | None = None,
+    video: bool | None = None,
 ) -> IngestReport:
     """Make ``source`` (``s3://bucket/prefix`` or a folder) searchable in a Chroma collection.
 
     Embeds only new or changed objects (by ETag), removes records of deleted objects within
-    the listed scope, and records permanent failures so re-runs skip them.
+    the listed scope, and records permanent failures so re-runs skip them. Videos are
+    indexed as frames unless ``video`` is False (or IMGRAG_VIDEO says so).
     """
     if not source.strip():  # e.g. a deployment made without IMGRAG_SOURCE set
         raise ConfigError("no source given: pass s3://BUCKET/PREFIX or a folder path")
@@ -70,6 +73,7 @@ def ingest_flow(
     settings = settings_from_cli(  # deployment parameters: bad values are one-line errors
         collection=collection, dim=dim, chroma_path=chroma_path, chroma_url=chroma_url,
         region=region, batch_size=batch_size, concurrency=concurrency, model=model, mode=mode,
+        video=video,
     )
     with (
         writer_lock(settings.chroma_url, settings.chroma_path),
@@ -99,8 +103,8 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     progress = start_progress(settings.collection)
     logger.info("listing %s; %d records already indexed under it", scope, planner.indexed)
 
-    in_flight: deque[PrefectFuture[BatchResult]] = deque()
-    queued = 0
+    in_flight: deque[tuple[PrefectFuture[BatchResult], int]] = deque()
+    queued = done = 0
 
     def collect_result(result: BatchResult) -> None:
         report.embedded += result.upserted
@@ -109,11 +113,14 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         report.bytes_downloaded += result.bytes_downloaded
         report.stale_removed += result.stale_removed
         report.failures += result.failures
+        report.videos += result.videos
 
-    def collect(future: PrefectFuture[BatchResult], listing_done: bool) -> None:
+    def collect(batch: tuple[PrefectFuture[BatchResult], int], listing_done: bool) -> None:
+        nonlocal done
+        future, size = batch
         result = future.result()
         collect_result(result)
-        done = report.embedded + len(report.failures)
+        done += size
         elapsed = time.perf_counter() - started
         logger.info(
             "batch done: %d embedded, %d failed in %.1fs | total %d/%d, %.1f images/s",
@@ -125,22 +132,28 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     listing = rt.source.list_objects()
     todo: Iterable[SourceObject] = planner.todo(listing)
     if settings.batch_staging_uri or settings.mode != "on-demand":  # jobs to collect or make
-        todo, results, report.batch_jobs = embed_with_batch_jobs(settings, source, list(todo),
-                                                                  run_id)
-        queued += sum(r.upserted + len(r.failures) for r in results)
+        planned = list(todo)
+        videos = [obj for obj in planned if is_video_key(obj.key)]  # frames: on demand
+        images, results, report.batch_jobs = embed_with_batch_jobs(
+            settings, source, [obj for obj in planned if not is_video_key(obj.key)], run_id)
+        todo = [*images, *videos]
+        finished = sum(r.upserted + len(r.failures) for r in results)
+        queued += finished
+        done += finished
         for result in results:
             collect_result(result)
     try:
         for number, batch in enumerate(batched(todo, settings.batch_size), start=1):
             queued += len(batch)
-            in_flight.append(ingest_batch.submit(plain, source, batch, run_id, number))
+            in_flight.append((ingest_batch.submit(plain, source, batch, run_id, number),
+                              len(batch)))
             # One batch alone until one was stored: a broken store costs one batch's bill.
             if len(in_flight) >= (MAX_BATCHES_IN_FLIGHT if report.embedded else 1):
                 collect(in_flight.popleft(), listing_done=False)
         while in_flight:
             collect(in_flight.popleft(), listing_done=True)
     finally:
-        for future in in_flight:  # a batch failed: let the others finish their upserts
+        for future, _ in in_flight:  # a batch failed: let the others finish their upserts
             future.wait()
 
     refreshed = refresh_records(rt, planner.refreshed)

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="drop hits with a cosine distance above D (0..2)")
     filters.add_argument("--where", help="Chroma metadata filter as JSON, "
                          "e.g. '{\"bucket\": \"photos\"}'")
+    parser.add_argument("--group-by", choices=("video", "none"), default="video",
+                        help="video (default): one hit per video, at its best frame, with the "
+                        "times of its other matching frames; none: every frame is a hit")
     add_store_arguments(parser)
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true",
@@ -124,6 +127,7 @@ def build_request(args: argparse.Namespace) -> SearchRequest:
         request = SearchRequest(
             text=args.text, image=args.image, k=args.k, where=parse_where(args.where),
             filters=filters, exclude_self=args.exclude_self, max_distance=args.max_distance,
+            group_by=args.group_by,
         )
     except ValidationError as exc:
         raise config_error(exc) from None
@@ -144,7 +148,7 @@ def search(request: SearchRequest, args: argparse.Namespace, settings: Settings)
             return query_flow(request.text, request.k, request.where, args.collection,
                               args.dim, args.chroma_path, args.chroma_url, args.region,
                               request.image, request.exclude_self, request.filters,
-                              request.max_distance, args.model)
+                              request.max_distance, args.model, request.group_by)
     with quiet_gc():
         from imgrag.query import LazyEmbedder, run_search
     return run_search(settings, request, embedder=LazyEmbedder(settings))
@@ -156,9 +160,12 @@ def print_hits(hits: list[Hit], as_json: bool) -> None:
         return
     if not hits:
         print("no hits")
+    from imgrag.video_records import frame_label
+
     for hit in hits:
+        moment = frame_label(hit)
         print(f"{hit.rank:>3}  {hit.distance:.4f}  {safe_text(hit.id)}  "
-              f"{hit.metadata.get('size', '?')} B")
+              f"{hit.metadata.get('size', '?')} B" + (f"  {moment}" if moment else ""))
 
 
 def print_answer(

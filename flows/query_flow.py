@@ -30,9 +30,11 @@ def query_flow(
     filters: QueryFilters | None = None,
     max_distance: float | None = None,
     model: str | None = None,
+    group_by: str = "video",
 ) -> list[Hit]:
     """The ``k`` indexed images closest to ``text`` or to the example ``image`` (a path or
-    s3:// URI), within the metadata ``where``/``filters``, none farther than ``max_distance``.
+    s3:// URI), within the metadata ``where``/``filters``, none farther than ``max_distance``;
+    ``group_by="video"`` makes one hit per video (its best frame), ``"none"`` one per frame.
     """
     settings = settings_for_collection(  # a query embeds with its collection's model
         settings_from_cli(collection=collection, chroma_path=chroma_path,
@@ -40,7 +42,7 @@ def query_flow(
     try:
         request = SearchRequest(text=text, image=image, k=k, where=where,
                                 filters=filters or QueryFilters(), exclude_self=exclude_self,
-                                max_distance=max_distance)
+                                max_distance=max_distance, group_by=group_by)
     except ValidationError as exc:  # deployment parameters: a one-line error, no traceback
         raise config_error(exc) from None
     hits, text_tokens = search_task(settings.public_dict(), request)

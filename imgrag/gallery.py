@@ -1,5 +1,7 @@
 """Hits → something to look at: a self-contained HTML page, one PNG contact sheet, or a
-markdown table (a run artifact in Prefect's UI).
+markdown table (a run artifact in Prefect's UI). A video frame's hit shows its time (and
+the times of the video's other matching frames); in HTML it links to the video at that
+time (``#t=``) when a browser can reach the video (``file://``, ``http(s)://``).
 
 The HTML page embeds every thumbnail as a ``data:`` URI and carries a Content-Security-Policy
 that allows nothing else (no scripts, no remote loads); every text taken from the store
@@ -24,6 +26,9 @@ from PIL import Image, ImageDraw, ImageFont
 from imgrag.records import Hit
 from imgrag.summarize import Summary
 from imgrag.thumbnails import THUMBNAIL_SIDE, Thumbnail
+from imgrag.video_records import frame_label
+
+_BROWSABLE = ("file://", "http://", "https://")
 
 _CSS = """
 .imgrag{font:14px/1.4 system-ui,-apple-system,Segoe UI,sans-serif;color:#222}
@@ -63,6 +68,16 @@ def _dimensions(hit: Hit) -> str:
     return f"{width} x {height} px" if width and height else "size unknown"
 
 
+def _moment_html(hit: Hit) -> str:
+    """A frame hit's time, linked to the video at that time when a browser can open it."""
+    label = frame_label(hit)
+    if not label:
+        return ""
+    if hit.id.startswith(_BROWSABLE):
+        return f"<br><a href=\"{html.escape(hit.id)}\">&#9654; {html.escape(label)}</a>"
+    return f"<br>{html.escape(label)}"
+
+
 def _labels(hits: Sequence[Hit], summary: Summary | None) -> dict[str, str]:
     """Hit id → ``S1``… for the hits a summary was given."""
     return {s.id: s.label for s in summary.sources} if summary else {}
@@ -95,7 +110,7 @@ def render_fragment(
         parts.append(
             f"<figure id=\"hit-{hit.rank}\"><div class=\"img\">{image}</div><figcaption>"
             f"<b>#{hit.rank}</b>{badge} · distance {hit.distance:.4f}<br>"
-            f"<span class=\"uri\">{esc(hit.id)}</span><br>"
+            f"<span class=\"uri\">{esc(hit.id)}</span>{_moment_html(hit)}<br>"
             f"{esc(_dimensions(hit))} · {esc(human_bytes(hit.metadata.get('size')))}"
             "</figcaption></figure>"
         )
@@ -162,8 +177,9 @@ def render_markdown(
             picture = (f"![thumbnail]({thumb.data_url})" if thumb.data_url else
                        f"(no preview: {markdown_text(thumb.error or 'unavailable')})")
         size = markdown_text(str(hit.metadata.get("size", "")))
-        lines.append(f"| {hit.rank} | {hit.distance:.4f} | {picture} | {_code(hit.id)} |"
-                     f" {size} |")
+        moment = frame_label(hit)
+        source = f"{_code(hit.id)} {markdown_text(moment)}" if moment else _code(hit.id)
+        lines.append(f"| {hit.rank} | {hit.distance:.4f} | {picture} | {source} | {size} |")
     return "\n".join(lines)
 
 
@@ -225,6 +241,8 @@ def contact_sheet(
             draw.text((x + 4, y + tile // 2 - _LINE // 2), message, fill=(170, 50, 50),
                       font=font)
         name = str(hit.metadata.get("key") or hit.id).rsplit("/", 1)[-1]
+        moment = frame_label(hit)
+        name = f"{name}  {moment}" if moment else name
         label = f"  {labels[hit.id]}" if hit.id in labels else ""
         lines = (
             f"#{hit.rank}  distance {hit.distance:.4f}{label}",

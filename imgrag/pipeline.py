@@ -1,4 +1,5 @@
-"""Batch ingestion: fetch → normalize → embed → upsert for one batch of source objects.
+"""Batch ingestion: fetch → normalize → embed → upsert for one batch of source objects
+(videos go through ``imgrag.video_ingest``, beside the images).
 
 ``Runtime`` holds the per-process objects every batch of a run shares (boto3 clients, the
 Chroma client, the failure ledger, one bounded thread pool): tasks receive plain settings
@@ -24,7 +25,7 @@ from imgrag.ledger import FailureLedger
 from imgrag.normalize import NORMALIZE_VERSION, NormalizedImage, NormalizeError, normalize_image
 from imgrag.records import BatchResult, Failure, SourceObject
 from imgrag.settings import Settings
-from imgrag.sources import FetchError, Source, open_source
+from imgrag.sources import FetchError, Source, is_video_key, open_source
 from imgrag.store import ImageStore
 
 LEDGER_NAME = "imgrag-ledger.sqlite3"
@@ -161,10 +162,17 @@ def listing_metadata(obj: SourceObject) -> dict[str, Any]:
 
 
 def refresh_records(rt: Runtime, objects: Sequence[SourceObject]) -> int:
-    """Rewrite the listing metadata of unchanged records (no download, no embedding), in
-    batched updates; the number of records given."""
-    if objects:
-        rt.store.update_metadata([o.uri for o in objects], [listing_metadata(o) for o in objects])
+    """Rewrite the listing metadata of unchanged records (every frame of a video; no
+    download, no embedding), in batched updates; the number of objects given."""
+    videos = [o.uri for o in objects if is_video_key(o.key)]
+    frames = rt.store.source_ids(videos) if videos else {}
+    ids, metadatas = [], []
+    for obj in objects:
+        record_ids = frames.get(obj.uri, [obj.uri])
+        ids += record_ids
+        metadatas += [listing_metadata(obj)] * len(record_ids)
+    if ids:
+        rt.store.update_metadata(ids, metadatas)
     return len(objects)
 
 
@@ -344,13 +352,20 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
     vectors already paid for were given every attempt to be stored.
     """
     started = time.perf_counter()
+    images = [o for o in objects if not is_video_key(o.key)]
+    videos = [o for o in objects if is_video_key(o.key)]
+    if videos:
+        from imgrag.video_ingest import process_videos
+
+        video_job = rt.pool.submit(process_videos, rt, videos, run_id)
     step = rt.embedder.max_batch
     if step == 1:
-        done = list(rt.pool.map(lambda obj: _run_object(rt, obj, run_id), objects))
+        done = list(rt.pool.map(lambda obj: _run_object(rt, obj, run_id), images))
     else:
-        prepared = list(rt.pool.map(lambda obj: _prepare_unit(rt, _Unit([obj])), objects))
+        prepared = list(rt.pool.map(lambda obj: _prepare_unit(rt, _Unit([obj])), images))
         done = list(rt.pool.map(lambda unit: _embed_unit(rt, unit, run_id),
                                 _regroup(prepared, step)))
+    outcomes = video_job.result() if videos else []
 
     ids, vectors, metadatas, failures = [], [], [], []
     for unit in done:
@@ -361,26 +376,40 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
     if ids:
         rt.store.upsert(ids, vectors, metadatas)
         rt.ledger.forget(ids)
+    upserted = len(ids)
+    for outcome in outcomes:
+        if outcome.failure is not None:
+            failures.append(outcome.failure)
+        elif outcome.ids:
+            rt.store.replace_source(outcome.result.uri, outcome.ids, outcome.vectors,
+                                    outcome.metadatas)
+            rt.ledger.forget([outcome.result.uri])
+            upserted += len(outcome.ids)
     stale = remove_stale_records(rt, failures)
     rt.ledger.record(failures, run_id)  # after: a crash in between leaves no stale record
-    held_back = next((u.store_error for u in done if u.store_error is not None), None)
+    held_back = next((e for e in [*(u.store_error for u in done),
+                                  *(o.store_error for o in outcomes)] if e is not None), None)
     if held_back is not None:
         raise held_back
     return BatchResult(
-        upserted=len(ids),
+        upserted=upserted,
         stale_removed=len(stale),
         failures=failures,
-        billed_images=sum(u.billed_images for u in done),
-        bytes_downloaded=sum(u.bytes_downloaded for u in done),
+        billed_images=sum(u.billed_images for u in done)
+        + sum(o.result.billed_images for o in outcomes),
+        bytes_downloaded=sum(u.bytes_downloaded for u in done)
+        + sum(o.bytes_downloaded for o in outcomes),
         seconds=time.perf_counter() - started,
+        videos=[o.result for o in outcomes],
     )
 
 
 def remove_stale_records(rt: Runtime, failures: Sequence[Failure]) -> list[str]:
-    """Delete the records of objects that now fail permanently: a changed object whose new
-    bytes cannot be indexed must not keep serving the old bytes' vector."""
+    """Delete the records of objects that now fail permanently (all frames of a video): a
+    changed object whose new bytes cannot be indexed must not keep serving the old bytes'
+    vectors. The source URIs that had records."""
     permanent = [f.id for f in failures if f.permanent]
-    stale = list(rt.store.get(permanent)) if permanent else []
+    stale = list(rt.store.source_ids(permanent)) if permanent else []
     if stale:
-        rt.store.delete(stale)
+        rt.store.delete_sources(stale)
     return stale

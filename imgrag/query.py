@@ -1,7 +1,10 @@
 """Query: text or an example image → embedding → nearest records in the store.
 
 Filters (``QueryFilters``, a raw ``where``) run inside Chroma's nearest-neighbour search, so
-the top-k is exact within them; ``max_distance`` then drops weak hits. Text vectors come
+the top-k is exact within them; ``max_distance`` then drops weak hits. Frames of one video
+are grouped into one hit (its best frame, with the times of the others that rank above
+the best hit left out) unless ``group_by="none"``: the search widens until it has more
+than ``k`` groups. Text vectors come
 from a small on-disk cache when the same text was embedded before. An example image that
 is itself indexed is searched with its stored vector (no download, no Bedrock call).
 """
@@ -19,7 +22,7 @@ from imgrag.filters import QueryFilters, combine_where
 from imgrag.normalize import NormalizeError
 from imgrag.pipeline import normalize_for_model
 from imgrag.records import Hit
-from imgrag.request import SearchRequest, image_ref_uri
+from imgrag.request import GroupBy, SearchRequest, image_ref_uri
 from imgrag.settings import Settings
 from imgrag.sources.base import FetchError
 from imgrag.sources.local import read_regular_file
@@ -27,6 +30,9 @@ from imgrag.sources.s3 import make_s3_client, read_object
 from imgrag.sources.s3_uri import parse_s3_uri
 from imgrag.store import ImageStore, check_where, chroma_errors, collection_vector_space
 from imgrag.text_cache import TEXT_CACHE_NAME, TextEmbeddingCache
+from imgrag.video_records import group_by_video, group_key
+
+WIDEN_FACTOR = 4  # a grouped search short of k + 1 groups asks for this many times more hits
 
 
 def cut_by_distance(hits: Sequence[Hit], max_distance: float | None) -> list[Hit]:
@@ -49,12 +55,14 @@ def search_text(
     *,
     max_distance: float | None = None,
     cache: TextEmbeddingCache | None = None,
+    group_by: GroupBy = "video",
 ) -> list[Hit]:
-    """The ``k`` images closest to ``text`` (cached text vectors when ``cache`` is given)."""
+    """The ``k`` images (or videos, at their best frame) closest to ``text`` (cached text
+    vectors when ``cache`` is given)."""
     if k < 1:
         raise ConfigError("k must be at least 1")
     vector, _ = embed_query_text(embedder, text, cache)
-    return search_vector(store, vector, k, where, max_distance=max_distance)
+    return search_vector(store, vector, k, where, max_distance=max_distance, group_by=group_by)
 
 
 def embed_query_text(
@@ -83,13 +91,22 @@ def search_vector(
     *,
     exclude: str | None = None,
     max_distance: float | None = None,
+    group_by: GroupBy = "video",
 ) -> list[Hit]:
     """The ``k`` records nearest to ``vector``; ``exclude`` drops one record id (the
-    example's own), still returning ``k`` hits when there are."""
-    hits = store.query(vector, k=k + 1 if exclude else k, where=where)
-    if exclude:
-        hits = _rerank([h for h in hits if h.id != exclude][:k])
-    return cut_by_distance(hits, max_distance)
+    example's own), still returning ``k`` hits when there are. With ``group_by="video"``,
+    ``k`` groups: one hit per video at its best frame (see ``group_by_video``); the search
+    widens until it sees a group beyond the ``k``-th."""
+    n = (k if group_by == "none" else k + 1) + (exclude is not None)
+    while True:
+        hits = store.query(vector, k=n, where=where)
+        kept = cut_by_distance([h for h in hits if h.id != exclude], max_distance)
+        if group_by == "none":
+            return _rerank(kept[:k])
+        exhausted = len(hits) < n or len(kept) < len(hits) - (exclude is not None)
+        if exhausted or len({group_key(h) for h in kept}) > k:
+            return group_by_video(kept, k)
+        n *= WIDEN_FACTOR
 
 
 def read_image_ref(ref: str, settings: Settings, s3_client: Any = None) -> bytes:
@@ -135,8 +152,10 @@ def search_image(
     *,
     exclude_self: bool = False,
     max_distance: float | None = None,
+    group_by: GroupBy = "video",
 ) -> list[Hit]:
-    """The ``k`` images closest to the image at ``ref`` (a path or an ``s3://`` URI).
+    """The ``k`` images (or video moments) closest to the image at ``ref`` (a path or an
+    ``s3://`` URI).
 
     An indexed image is searched with its stored vector; ``exclude_self`` drops its record.
     """
@@ -145,7 +164,7 @@ def search_image(
     if vector is None:
         vector = embed_image_bytes(read_image_ref(ref, settings), embedder, settings)
     return search_vector(store, vector, k, where, exclude=uri if exclude_self else None,
-                         max_distance=max_distance)
+                         max_distance=max_distance, group_by=group_by)
 
 
 def resolve_where(store: ImageStore, request: SearchRequest) -> dict[str, Any] | None:
@@ -168,8 +187,8 @@ def resolve_filters(
         return where
     prefix = filters.prefix or ""
     with chroma_errors(f"read the records under prefix {prefix!r}"):
-        ids = [rid for rid, meta in store.iter_metadata(where)
-               if str(meta.get("key", "")).startswith(prefix)]
+        ids = list({str(meta.get("source_uri", rid)) for rid, meta in store.iter_metadata(where)
+                    if str(meta.get("key", "")).startswith(prefix)})
     if not ids:
         return {}
     return combine_where(where, {"source_uri": {"$in": ids}})
@@ -251,11 +270,12 @@ def run_search(
     if request.image is not None:
         return search_image(store, embedder, request.image, settings, request.k, where,
                             exclude_self=request.exclude_self,
-                            max_distance=request.max_distance)
+                            max_distance=request.max_distance, group_by=request.group_by)
     text_cache = open_text_cache(settings) if cache is None else cache
     try:
         return search_text(store, embedder, request.text or "", request.k, where,
-                           max_distance=request.max_distance, cache=text_cache)
+                           max_distance=request.max_distance, cache=text_cache,
+                           group_by=request.group_by)
     finally:
         if cache is None:
             text_cache.close()

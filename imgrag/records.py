@@ -7,7 +7,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Stage = Literal["download", "normalize", "embed"]
+Stage = Literal["download", "normalize", "decode", "embed"]
 
 
 class SourceObject(BaseModel):
@@ -59,6 +59,7 @@ class BatchResult(BaseModel):
     batch_images: int = 0  # of those, images billed at the batch inference price
     bytes_downloaded: int = 0
     seconds: float = 0.0
+    videos: list[VideoResult] = Field(default_factory=list)
 
 
 class IngestPlan(BaseModel):
@@ -101,6 +102,7 @@ class IngestReport(BaseModel):
     estimated_cost_usd: float = 0.0
     unreadable: int = 0  # paths the listing could not read; records under them were kept
     failures: list[Failure] = Field(default_factory=list)
+    videos: list[VideoResult] = Field(default_factory=list)  # frames and cost per video
     warnings: list[str] = Field(default_factory=list)  # what the run chose not to do, and why
 
     def summary(self) -> dict[str, Any]:
@@ -110,14 +112,27 @@ class IngestReport(BaseModel):
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
+class VideoResult(BaseModel):
+    """What indexing one video did (or would have) cost."""
+
+    uri: str
+    frames: int = 0  # frames kept and stored
+    billed_images: int = 0  # Bedrock image calls that succeeded for it
+    duration_s: float = 0.0  # the video's declared duration
+
+
 class Hit(BaseModel):
-    """One search result."""
+    """One search result. A video's hit (grouped by video) is its best frame; ``times``
+    holds the timestamps of its other matching frames."""
 
     rank: int
     id: str
     distance: float
     metadata: dict[str, Any] = Field(default_factory=dict)
+    times: list[float] = Field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        """The ``--json`` shape: ``{id, distance, metadata}``."""
-        return {"id": self.id, "distance": self.distance, "metadata": self.metadata}
+        """The ``--json`` shape: ``{id, distance, metadata}`` (and ``times`` for a video
+        hit with other matching frames)."""
+        shape = {"id": self.id, "distance": self.distance, "metadata": self.metadata}
+        return shape | {"times": self.times} if self.times else shape

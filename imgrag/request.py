@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -19,6 +19,7 @@ MAX_WHERE_DEPTH = 16  # nested $and/$or levels of a raw filter
 FIELD_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin",
                              "$contains", "$not_contains"})
 LOGICAL_OPERATORS = frozenset({"$and", "$or"})
+GroupBy = Literal["video", "none"]
 
 
 def validate_where(where: Any, depth: int = 0) -> None:
@@ -78,6 +79,8 @@ class SearchRequest(BaseModel):
     filters: QueryFilters = Field(default_factory=QueryFilters)
     exclude_self: bool = Field(False, description="Drop the example image's own record.")
     max_distance: float | None = Field(None, ge=0, description="Drop hits farther than this.")
+    group_by: GroupBy = Field("video", description="video: one hit per video (its best"
+                              " frame); none: every frame is a hit.")
 
     @field_validator("where")
     @classmethod

@@ -62,6 +62,24 @@ class Settings(BaseSettings):
         " Pillow's own decompression-bomb limit, 89.5 MP).",
     )
 
+    # Videos (imgrag.video): frames kept at scene changes, at most max_interval apart
+    video: bool = Field(True, description="Index videos as frames; off: only images.")
+    video_max_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="Longest gap between two kept frames, seconds.")
+    video_max_frames: int = Field(120, ge=1, le=5000, description="Frames kept per video.")
+    video_sample_step_s: float = Field(
+        0.5, gt=0, le=60, description="Scene-change sampling step, seconds.")
+    video_scene_threshold: float = Field(
+        0.12, gt=0, le=1, description="Mean pixel change (0..1) between two samples that"
+        " counts as a scene change.")
+    video_max_pixels: int = Field(
+        8192 * 4320, ge=1, le=MAX_SOURCE_PIXELS, description="Largest frame (width x"
+        " height) decoded: bounds the decoder's memory.")
+    video_max_duration_s: float = Field(
+        4 * 3600, gt=0, description="Longest video decoded, seconds.")
+    video_decode_timeout_s: float = Field(
+        300.0, gt=0, le=3600, description="Wall-clock budget to decode one video, seconds.")
+
     # Cost estimate (USD); default: the model's on-demand list price
     price_per_image: float | None = Field(None, ge=0)
     price_per_1k_text_tokens: float | None = Field(None, ge=0)

@@ -35,6 +35,7 @@ from imgrag.errors import ConfigError, ImgragError, StoreError
 from imgrag.filters import stored_folder
 from imgrag.records import Hit, Indexed
 from imgrag.settings import Settings
+from imgrag.video_records import manifest_entries
 
 SCHEMA_VERSION = 2  # 2: every record of the collection carries ``dirs`` (imgrag.filters)
 LAST_INGEST_KEY = "imgrag_last_ingest"  # collection metadata: the last run's summary, JSON
@@ -284,8 +285,9 @@ class ImageStore:
             yield from zip(page["ids"], page["metadatas"], strict=True)
 
     def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
-        """id → (ETag, normalize version, last_modified, size) of every record whose id
-        starts with ``scope`` (a URI prefix).
+        """Source URI → (ETag, normalize version, last_modified, size) of every image and
+        video (its frames as one entry, see ``imgrag.video_records``) whose records' ids
+        start with ``scope`` (a URI prefix).
 
         Chroma reads only the bucket's records under the scope's folder (``dirs`` contains
         it) when it can; the id prefix test is the exact check either way.
@@ -294,12 +296,8 @@ class ImageStore:
         folder = self._scope_folder(bucket, scope)
         if folder:
             where = {"$and": [where, {"dirs": {"$contains": folder}}]}
-        return {
-            record_id: Indexed(str(meta.get("etag", "")), int(meta.get("normalize_version", 0)),
-                               str(meta.get("last_modified", "")), int(meta.get("size", -1)))
-            for record_id, meta in self.iter_metadata(where)
-            if record_id.startswith(scope)
-        }
+        return manifest_entries((record_id, meta) for record_id, meta
+                                in self.iter_metadata(where) if record_id.startswith(scope))
 
     def _scope_folder(self, bucket: str, scope: str) -> str:
         """The folder of an S3 scope's prefix that ``dirs`` holds (its own, or its deepest
@@ -390,6 +388,44 @@ class ImageStore:
             self._writes.wait_for(lambda: self._broken is not None or not self._retrying)
             if self._broken is not None:
                 raise StoreError(self._broken)
+
+    def source_ids(self, uris: Sequence[str]) -> dict[str, list[str]]:
+        """Source URI → ids of its records (an image's one, a video's frames), for the
+        sources that have any."""
+        found: dict[str, list[str]] = {}
+        with chroma_errors(f"read records of collection {self.collection.name!r}"):
+            for start in range(0, len(uris), self.max_batch):
+                chunk = list(uris[start : start + self.max_batch])
+                where = {"source_uri": {"$in": chunk}}
+                for record_id, meta in self.iter_metadata(where):
+                    found.setdefault(str(meta["source_uri"]), []).append(record_id)
+        return found
+
+    def delete_sources(self, uris: Sequence[str]) -> None:
+        """Remove every record of these source objects: by id, and by ``source_uri`` (all
+        frames of a video)."""
+        self._check_writable()
+        self.delete(uris)
+        for start in range(0, len(uris), self.max_batch):
+            chunk = list(uris[start : start + self.max_batch])
+            self._write(f"delete the records of {len(chunk)} sources", partial(
+                self.collection.delete, where={"source_uri": {"$in": chunk}}))
+
+    def replace_source(
+        self,
+        uri: str,
+        ids: Sequence[str],
+        embeddings: Sequence[Sequence[float]],
+        metadatas: Sequence[Mapping[str, Any]],
+    ) -> int:
+        """Upsert a source's records, then delete its records not among ``ids`` (a changed
+        video's old frames); the number deleted. Until the deletion, the old frames serve
+        and the mixed set reads as incomplete (``manifest``), so a crash is re-done."""
+        self.upsert(ids, embeddings, metadatas)
+        keep = set(ids)
+        stale = [i for i in self.source_ids([uri]).get(uri, []) if i not in keep]
+        self.delete(stale)
+        return len(stale)
 
     def get(self, ids: Sequence[str]) -> dict[str, dict]:
         """id → metadata for the ids that exist."""

@@ -8,6 +8,8 @@ Where a thumbnail comes from, first match wins:
 3. the source itself: S3 GetObject pinned to the indexed ETag, or the local file checked
    against its indexed content hash, so a thumbnail always shows the bytes that were
    embedded. The result is downscaled with ingest's decoder and written to the cache.
+   A video frame's hit streams its video to a temporary file and decodes the frame at
+   its time.
 
 Thumbnails are cached at ``THUMBNAIL_SIDE`` (galleries, contact sheets, run artifacts)
 and at any larger side asked for (summaries); a smaller side is scaled from the cached
@@ -39,8 +41,9 @@ from pydantic import BaseModel, Field
 from imgrag.normalize import NormalizeError, normalize_image
 from imgrag.records import Hit, SourceObject
 from imgrag.settings import Settings
-from imgrag.sources import FetchError, LocalSource
+from imgrag.sources import FetchError, LocalSource, Source
 from imgrag.sources.local import file_uri_path, path_text, read_regular_file
+from imgrag.video_records import is_frame
 
 THUMBNAIL_SIDE = 256  # px: the size cached for every shown hit
 THUMBNAIL_DIR = "thumbnails"
@@ -158,21 +161,42 @@ class ThumbnailLoader:
 
     def _fetch(self, hit: Hit) -> bytes:
         meta = hit.metadata
+        frame = is_frame(meta)
         try:
-            obj = SourceObject(uri=hit.id, bucket=str(meta.get("bucket", "")),
+            obj = SourceObject(uri=str(meta["source_uri"]) if frame else hit.id,
+                               bucket=str(meta.get("bucket", "")),
                                key=str(meta["key"]), etag=str(meta["etag"]),
                                size=int(meta.get("size", 0)))
+            frame_t = float(meta.get("frame_t", 0))
         except (KeyError, TypeError, ValueError):
             raise FetchError("record has no source key/etag", permanent=True) from None
         if obj.size > self.settings.max_object_bytes:
             raise FetchError(f"object is {obj.size} bytes, above the limit", permanent=True)
-        if hit.id.startswith("s3://"):
+        source = self._source(obj)
+        return self._frame(source, obj, frame_t) if frame else source.fetch(obj)
+
+    def _source(self, obj: SourceObject) -> Source:
+        if obj.uri.startswith("s3://"):
             from imgrag.sources.s3 import S3Source
 
-            return S3Source(obj.bucket, "", self._s3()).fetch(obj)
-        if hit.id.startswith("file://"):
-            return LocalSource(local_root(hit.id, obj.key)).fetch(obj)
+            return S3Source(obj.bucket, "", self._s3())
+        if obj.uri.startswith("file://"):
+            return LocalSource(local_root(obj.uri, obj.key))
         raise FetchError("unknown source scheme", permanent=True)
+
+    def _frame(self, source: Source, obj: SourceObject, t: float) -> bytes:
+        """A JPEG of the video frame at ``t`` s, the video streamed to a temporary file."""
+        from imgrag.video import VideoError, VideoReader, budget_of
+
+        suffix = PurePosixPath(obj.key).suffix
+        with tempfile.NamedTemporaryFile(prefix="imgrag-video-", suffix=suffix) as tmp:
+            source.fetch_to(obj, tmp, self.settings.max_object_bytes)
+            tmp.flush()
+            try:
+                with VideoReader(tmp.name, budget_of(self.settings)) as reader:
+                    return reader.frame_at(t, self.settings.max_side)
+            except VideoError as exc:
+                raise FetchError(exc.reason, permanent=True) from None
 
     def _s3(self) -> Any:
         with self._lock:

@@ -49,8 +49,9 @@ def ingest_batch(
 def delete_records(
     settings: dict[str, Any], source: str, ids: list[str], failed_ids: list[str]
 ) -> int:
-    """Remove records (``ids``) and failure-ledger entries (``failed_ids``) by URI."""
+    """Remove the records of sources (``ids``: an image's record, a video's frames) and
+    failure-ledger entries (``failed_ids``) by URI."""
     rt = runtime_for(Settings(**settings), source)
-    rt.store.delete(ids)
+    rt.store.delete_sources(ids)
     rt.ledger.forget(failed_ids)
     return len(ids)

@@ -64,7 +64,7 @@ def _not_published(what: str, exc: Exception) -> None:
 
 
 def _create_ingest_tables(report: IngestReport) -> None:
-    counts = report.model_dump(exclude={"failures", "run_id"})
+    counts = report.model_dump(exclude={"failures", "run_id", "videos"})
     create_table_artifact(
         [{"metric": k, "value": v} for k, v in counts.items()],
         key=_key("ingest-summary", report.collection),
@@ -80,6 +80,15 @@ def _create_ingest_tables(report: IngestReport) -> None:
         key=_key("ingest-failures", report.collection),
         description=f"{report.failed} failed objects",
     )
+    if report.videos:
+        videos = [v.model_dump() for v in report.videos[:MAX_FAILURE_ROWS]]
+        if len(report.videos) > MAX_FAILURE_ROWS:
+            videos.append({"uri": f"... and {len(report.videos) - MAX_FAILURE_ROWS} more",
+                           "frames": "", "billed_images": "", "duration_s": ""})
+        create_table_artifact(
+            videos, key=_key("ingest-videos", report.collection),
+            description=f"Frames stored and Bedrock images billed per video "
+            f"({len(report.videos)} videos)")
 
 
 @task(name="publish-query-hits", cache_policy=NO_CACHE, persist_result=False)

@@ -14,13 +14,14 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from imgrag.cli import config_error
 from imgrag.errors import ConfigError, EmbeddingError, ImgragError, StoreError
 from imgrag.filters import QueryFilters, parse_date
 from imgrag.records import Hit
+from imgrag.request import GroupBy
 from imgrag.summarize import SummaryError
 
 from .service import (
@@ -48,6 +49,8 @@ class HitOut(BaseModel):
     distance: float
     metadata: dict[str, Any]
     thumbnail_url: str
+    times: list[float] = Field(default_factory=list, description="A video's other matching"
+                               " frames, seconds (its best frame is the hit).")
 
 
 class SearchOut(BaseModel):
@@ -87,7 +90,7 @@ def image_url(record_id: str, size: int) -> str:
 
 def hit_out(hit: Hit) -> HitOut:
     return HitOut(rank=hit.rank, id=hit.id, distance=hit.distance, metadata=hit.metadata,
-                  thumbnail_url=image_url(hit.id, 256))
+                  thumbnail_url=image_url(hit.id, 256), times=hit.times)
 
 
 def search_out(result: SearchResult) -> SearchOut:
@@ -114,13 +117,16 @@ def search_params(
         description="YYYY-MM-DD or ISO 8601 (UTC unless a zone is given).")] = None,
     max_distance: Annotated[float | None, Query(ge=0, le=2,
                                                 description="Cosine distance, at most.")] = None,
+    group_by: Annotated[GroupBy, Query(description="video: one hit per video (its best"
+                                       " frame); none: every frame is a hit.")] = "video",
 ) -> SearchParams:
     """The query-string filters of every search route (empty values mean no filter)."""
     try:
         filters = QueryFilters(prefix=prefix or None, bucket=bucket or None, min_width=min_width,
                                modified_after=parse_date(modified_after) if modified_after
                                else None)
-        return SearchParams(k=k, filters=filters, max_distance=max_distance)
+        return SearchParams(k=k, filters=filters, max_distance=max_distance,
+                            group_by=group_by)
     except ValidationError as exc:
         raise config_error(exc) from None
 

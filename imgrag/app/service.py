@@ -31,6 +31,7 @@ from imgrag.query import (
     search_vector,
 )
 from imgrag.records import Hit
+from imgrag.request import GroupBy
 from imgrag.settings import Settings
 from imgrag.store import ImageStore, chroma_errors, forget_embedded_clients, server_address
 from imgrag.summarize import DEFAULT_SUMMARY_IMAGES, Summary, summarize_hits
@@ -66,11 +67,12 @@ class ImageUnavailableError(ImgragError):
 
 
 class SearchParams(BaseModel):
-    """How many hits and which: the CLI's filters."""
+    """How many hits and which: the CLI's filters, and whether a video's frames are one hit."""
 
     k: int = Field(24, ge=1, le=MAX_K)
     filters: QueryFilters = Field(default_factory=QueryFilters)
     max_distance: float | None = Field(None, ge=0, le=2)
+    group_by: GroupBy = "video"
 
 
 class SearchResult(BaseModel):
@@ -177,7 +179,7 @@ class SearchService:
         query_vector, cached = vector()
         hits = [] if where == {} else search_vector(
             store, query_vector, params.k, where, exclude=exclude,
-            max_distance=params.max_distance)
+            max_distance=params.max_distance, group_by=params.group_by)
         took = round((time.perf_counter() - started) * 1000, 2)
         return SearchResult(hits=hits, took_ms=took, embedding_cached=cached)
 

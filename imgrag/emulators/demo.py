@@ -4,7 +4,10 @@ them against that server:
 
 1. ``python -m flows.ingest --source s3://imgrag-demo/catalog/``  (first ingest)
 2. the same again                                                  (nothing to embed)
-3. ``python -m flows.query "red" -k 3 --html .demo/red.html``      (hits + a gallery)
+3. ``python -m flows.query "red" -k 4 --html .demo/red.html``      (hits + a gallery)
+
+The bucket also holds a 6-second clip (green, red, blue scenes): the query finds it at its
+red scene's time.
 
 No credentials, no network: AWS endpoints are redirected with AWS_ENDPOINT_URL_S3 and
 AWS_ENDPOINT_URL_BEDROCK_RUNTIME, exactly as a user would point boto3 elsewhere. The Prefect
@@ -20,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -37,6 +41,9 @@ PALETTE = {
     "yellow": (240, 210, 40), "purple": (130, 50, 170), "orange": (240, 130, 30),
 }
 ITEMS = ("shirt", "mug", "sneaker")
+CLIP_KEY = f"{PREFIX}promo-clip.mp4"
+CLIP_SCENES = (("green", 2), ("red", 2), ("blue", 2))  # colour, seconds
+CLIP_SIZE, CLIP_FPS = (160, 120), 10
 SERVER_BUDGET_S = 240  # a first start migrates a new database: ~15 s idle, far more when busy
 UI_PORT = 4200
 # Server loops the demo has no use for (no schedules, workers, automations or leases):
@@ -64,6 +71,30 @@ def sample_image(colour: tuple[int, int, int], variant: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=88)
     return buffer.getvalue()
+
+
+def sample_clip() -> bytes:
+    """A small H.264 MP4 of ``CLIP_SCENES``: one colour each, a moving bar so frames differ."""
+    import av
+    import numpy as np
+
+    width, height = CLIP_SIZE
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "clip.mp4")
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=CLIP_FPS)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            index = 0
+            for name, seconds in CLIP_SCENES:
+                for _ in range(seconds * CLIP_FPS):
+                    pixels = np.empty((height, width, 3), np.uint8)
+                    pixels[:] = PALETTE[name]
+                    pixels[-12:, : (index * 4) % width] = 235
+                    frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                    container.mux(stream.encode(frame))
+                    index += 1
+            container.mux(stream.encode())
+        return path.read_bytes()
 
 
 def demo_env(workdir: Path) -> dict[str, str]:
@@ -149,7 +180,8 @@ def run(step: str, args: list[str], env: dict[str, str]) -> float:
 
 
 def fill_bucket(s3_url: str) -> None:
-    """The sample bucket: 18 product photos, one corrupt upload and a text file."""
+    """The sample bucket: 18 product photos, a short video, one corrupt upload and a text
+    file."""
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1",
@@ -159,6 +191,7 @@ def fill_bucket(s3_url: str) -> None:
         for variant, item in enumerate(ITEMS):
             s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}{name}-{item}.jpg",
                           Body=sample_image(rgb, variant))
+    s3.put_object(Bucket=BUCKET, Key=CLIP_KEY, Body=sample_clip())
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}broken-upload.jpg", Body=b"<html>oops")
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}README.txt", Body=b"not an image")
 
@@ -191,7 +224,8 @@ def main() -> int:
             s3_url = f"http://{host}:{port}"
             fill_bucket(s3_url)
             print(f"S3 emulator (moto) at {s3_url}, bucket {BUCKET} with "
-                  f"{len(PALETTE) * len(ITEMS)} images, 1 corrupt file and 1 text file")
+                  f"{len(PALETTE) * len(ITEMS)} images, a 6 s video (green, red, blue "
+                  f"scenes), 1 corrupt file and 1 text file")
             print(f"Bedrock EMULATOR (not a model: colour-based vectors) at {bedrock.url}")
             env |= {"AWS_ENDPOINT_URL_S3": s3_url,
                     "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url}
@@ -206,7 +240,7 @@ def main() -> int:
             bedrock.reset_stats()
             run("re-run, nothing changed", ["-m", "flows.ingest", "--source", source], env)
             print(f"Bedrock calls during the re-run: {bedrock.stats.requests}")
-            run("query", ["-m", "flows.query", "red", "-k", "3", "--html", str(gallery)], env)
+            run("query", ["-m", "flows.query", "red", "-k", "4", "--html", str(gallery)], env)
     except StepFailed as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Image sources (S3, local folder) behind one protocol, opened from a URI or path.
+"""Image and video sources (S3, local folder) behind one protocol, opened from a URI or path.
 
 The S3 names load boto3 on first use, so a local folder never pays for importing it."""
 
@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgrag.settings import Settings
-from imgrag.sources.base import IMAGE_EXTENSIONS, FetchError, Source, is_image_key
+from imgrag.sources.base import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    FetchError,
+    Source,
+    is_image_key,
+    is_video_key,
+)
 from imgrag.sources.local import LocalSource
 from imgrag.sources.s3_uri import parse_s3_uri
 
@@ -19,12 +26,14 @@ _S3_NAMES = ("S3Source", "make_s3_client")
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
     "FetchError",
     "LocalSource",
     "S3Source",
     "Source",
     "check_source",
     "is_image_key",
+    "is_video_key",
     "make_s3_client",
     "open_source",
     "parse_s3_uri",
@@ -46,11 +55,11 @@ def open_source(source: str, settings: Settings, s3_client: Any = None) -> Sourc
         from imgrag.sources.s3 import S3Source, make_s3_client
 
         client = s3_client or make_s3_client(settings.region, max_pool=settings.concurrency)
-        return S3Source(bucket, prefix, client)
+        return S3Source(bucket, prefix, client, video=settings.video)
     state = settings.resolved_state_dir
     state.mkdir(parents=True, exist_ok=True)
     return LocalSource(Path(source), hash_cache_path=state / "local-hashes.sqlite3",
-                       max_object_bytes=settings.max_object_bytes)
+                       max_object_bytes=settings.max_object_bytes, video=settings.video)
 
 
 def check_source(source: str, settings: Settings) -> None:

@@ -1,19 +1,36 @@
-"""The Source protocol every image source implements, and what counts as an image key."""
+"""The Source protocol every image source implements, and what counts as an image or video
+key."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from imgrag.records import SourceObject
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi"})
+COPY_CHUNK = 1024 * 1024  # bytes per read when an object is streamed to a file
+
+
+def _extension(key: str) -> str:
+    dot = key.rfind(".")
+    return key[dot:].lower() if dot > key.rfind("/") else ""
 
 
 def is_image_key(key: str) -> bool:
     """True when the key's extension (case-insensitive) names an image format we index."""
-    dot = key.rfind(".")
-    return dot > key.rfind("/") and key[dot:].lower() in IMAGE_EXTENSIONS
+    return _extension(key) in IMAGE_EXTENSIONS
+
+
+def is_video_key(key: str) -> bool:
+    """True when the key's extension (case-insensitive) names a video container we index."""
+    return _extension(key) in VIDEO_EXTENSIONS
+
+
+def is_indexed_key(key: str, video: bool) -> bool:
+    """True for image keys, and for video keys when ``video`` is on."""
+    return is_image_key(key) or (video and is_video_key(key))
 
 
 class FetchError(Exception):
@@ -33,7 +50,7 @@ class Listing:
     """
 
     def __init__(self, walk: Callable[[Listing], Iterator[SourceObject]]) -> None:
-        self.ignored = 0  # keys skipped because they are not images
+        self.ignored = 0  # keys skipped because they are neither images nor (indexed) videos
         # What this pass could not read: object URIs, and URI prefixes ending in "/" for
         # whole folders. The objects there may still exist: their records must be kept.
         self.unreadable: list[str] = []
@@ -57,6 +74,10 @@ class Source(Protocol):
 
     def fetch(self, obj: SourceObject) -> bytes:
         """The object's bytes at exactly ``obj.etag``; FetchError otherwise."""
+
+    def fetch_to(self, obj: SourceObject, out: BinaryIO, limit: int) -> int:
+        """Stream the object at exactly ``obj.etag`` into ``out`` (never whole in memory);
+        the bytes written. FetchError otherwise, or when it holds more than ``limit``."""
 
     def close(self) -> None:
         """Release what the source holds open (clients, cache files)."""

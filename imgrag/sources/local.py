@@ -21,7 +21,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 from imgrag.errors import SourceError
 from imgrag.records import SourceObject
-from imgrag.sources.base import FetchError, Listing, is_image_key
+from imgrag.sources.base import COPY_CHUNK, FetchError, Listing, is_indexed_key
 
 _CHUNK = 1024 * 1024
 
@@ -120,15 +120,17 @@ class HashCache:
 
 
 class LocalSource:
-    """Images under a local directory; symlinks leading outside it are not followed. Files
-    over ``max_object_bytes`` are listed unread, with an ETag of their size and mtime (the
-    ingest refuses them as too large, without reading them)."""
+    """Images (and videos, when ``video``) under a local directory; symlinks leading
+    outside it are not followed. Files over ``max_object_bytes`` are listed unread, with an
+    ETag of their size and mtime (the ingest refuses them as too large, without reading
+    them)."""
 
     bucket = ""
 
     def __init__(self, root: str | Path, hash_cache_path: Path | None = None,
-                 max_object_bytes: int | None = None) -> None:
+                 max_object_bytes: int | None = None, video: bool = True) -> None:
         self.root = Path(root).expanduser().resolve()
+        self.video = video
         self.scope = self.root.as_uri() + "/"
         self.max_object_bytes = max_object_bytes
         self._hashes = HashCache(hash_cache_path)
@@ -167,7 +169,7 @@ class LocalSource:
 
     def _object(self, listing: Listing, path: Path) -> SourceObject | None:
         """The listed object for one file; None when it is not one (counted in ``listing``)."""
-        if not is_image_key(path.name):
+        if not is_indexed_key(path.name, self.video):
             listing.ignored += 1
             return None
         uri = path.as_uri()
@@ -215,6 +217,25 @@ class LocalSource:
         if len(data) != obj.size or content_etag(data) != obj.etag:
             raise FetchError("file changed since listing", permanent=False)
         return data
+
+    def fetch_to(self, obj: SourceObject, out: BinaryIO, limit: int) -> int:
+        """Copy the file into ``out`` in chunks (at most its listed size + 1 bytes), hashing
+        as it goes; FetchError (transient) if it is no longer the listed file."""
+        if obj.size > limit:
+            raise FetchError(f"larger than {limit} bytes", permanent=True)
+        digest = hashlib.sha256()
+        written = 0
+        try:
+            with open_regular_file(file_uri_path(obj.uri), self.root) as (file, _):
+                while written <= obj.size and (chunk := file.read(COPY_CHUNK)):
+                    written += len(chunk)
+                    digest.update(chunk)
+                    out.write(chunk)
+        except FileNotFoundError:
+            raise FetchError("file deleted since listing", permanent=False) from None
+        if written != obj.size or digest.hexdigest()[:32] != obj.etag:
+            raise FetchError("file changed since listing", permanent=False)
+        return written
 
     def close(self) -> None:
         """Close the hash cache."""

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from imgrag.aws import new_session
 from imgrag.errors import SourceError
 from imgrag.records import SourceObject
-from imgrag.sources.base import FetchError, Listing, is_image_key
+from imgrag.sources.base import COPY_CHUNK, FetchError, Listing, is_indexed_key
 
 
 def make_s3_client(region: str | None = None, max_pool: int = 10) -> Any:
@@ -42,10 +42,12 @@ def _s3_error(exc: Exception, bucket: str) -> SourceError:
 
 
 class S3Source:
-    """Images under ``s3://bucket/prefix``."""
+    """Images (and videos, when ``video``) under ``s3://bucket/prefix``."""
 
-    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None,
+                 video: bool = True) -> None:
         self.bucket = bucket
+        self.video = video
         self.prefix = prefix
         self.scope = f"s3://{bucket}/{prefix}"
         self.client = client if client is not None else make_s3_client()
@@ -58,7 +60,7 @@ class S3Source:
             raise _s3_error(exc, self.bucket) from None
 
     def list_objects(self) -> Listing:
-        """Stream image objects page by page (S3 returns keys in UTF-8 binary order)."""
+        """Stream image (and video) objects page by page (S3 returns keys in UTF-8 binary order)."""
         return Listing(self._pages)
 
     def _pages(self, listing: Listing) -> Iterator[SourceObject]:
@@ -67,7 +69,7 @@ class S3Source:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for item in page.get("Contents", []):
                     key = item["Key"]
-                    if not is_image_key(key):
+                    if not is_indexed_key(key, self.video):
                         listing.ignored += 1
                         continue
                     yield SourceObject(
@@ -84,6 +86,11 @@ class S3Source:
     def fetch(self, obj: SourceObject) -> bytes:
         """GetObject pinned to the listed ETag (see ``read_object``)."""
         return read_object(self.client, obj.bucket, obj.key, if_match=obj.etag)
+
+    def fetch_to(self, obj: SourceObject, out: BinaryIO, limit: int) -> int:
+        """GetObject pinned to the listed ETag, streamed into ``out`` in chunks."""
+        return stream_object(self.client, obj.bucket, obj.key, out, if_match=obj.etag,
+                             limit=limit)
 
     def close(self) -> None:
         """Close the S3 client's connections (a source opened for a run owns its client)."""
@@ -127,6 +134,33 @@ def fetch_object(
         raise FetchError(reason, permanent=code == "InvalidObjectState") from None
     except BotoCoreError as exc:
         raise FetchError(f"S3 GetObject failed: {exc}", permanent=False) from None
+
+
+def stream_object(
+    client: Any, bucket: str, key: str, out: BinaryIO, *, if_match: str, limit: int
+) -> int:
+    """GetObject of ``s3://bucket/key`` at ETag ``if_match`` written to ``out`` chunk by
+    chunk; the bytes written. FetchError as in ``fetch_object``."""
+    written = 0
+    try:
+        response = client.get_object(Bucket=bucket, Key=key, IfMatch=if_match)
+        with closing(response["Body"]) as body:
+            if response.get("ETag") != if_match:
+                raise FetchError("object changed since listing", permanent=False)
+            if response.get("ContentLength", 0) > limit:
+                raise FetchError(f"larger than {limit} bytes", permanent=True)
+            for chunk in body.iter_chunks(COPY_CHUNK):
+                written += len(chunk)
+                if written > limit:
+                    raise FetchError(f"larger than {limit} bytes", permanent=True)
+                out.write(chunk)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise FetchError(_get_error(code, listed=True),
+                         permanent=code == "InvalidObjectState") from None
+    except BotoCoreError as exc:
+        raise FetchError(f"S3 GetObject failed: {exc}", permanent=False) from None
+    return written
 
 
 def read_object(

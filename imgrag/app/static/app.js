@@ -76,7 +76,20 @@ function card(hit) {
   const line = el("div", { class: "line" },
     el("span", { class: "rank", text: `#${hit.rank}` }),
     el("span", { class: "dist", title: "cosine distance", text: hit.distance.toFixed(4) }));
-  return el("article", { class: "card", "data-id": hit.id }, open, el("div", { class: "meta" }, line, uri, more));
+  const parts = [line, uri];
+  if (meta.media === "video") parts.push(moment(hit));
+  return el("article", { class: "card", "data-id": hit.id }, open, el("div", { class: "meta" }, ...parts, more));
+}
+
+// A video frame's time (and the video's other matching times); a link to the video at that
+// time (its id is `<video uri>#t=<s>`) when a browser can open the source.
+function moment(hit) {
+  const also = (hit.times || []).length ? ` (also ${hit.times.join(", ")} s)` : "";
+  const text = `▶ t=${hit.metadata.frame_t} s${also}`;
+  if (/^https?:\/\//.test(hit.id)) {
+    return el("a", { class: "moment", href: hit.id, target: "_blank", rel: "noopener noreferrer", text });
+  }
+  return el("span", { class: "moment", title: visible(hit.id), text });
 }
 
 function similarTo(id) {
