@@ -246,3 +246,14 @@ def test_the_search_app_answers_with_the_video_moment_and_its_frame(
             assert record.json()["metadata"]["media"] == "video"
     finally:
         service.close()
+
+
+def test_a_run_that_may_use_batch_jobs_embeds_its_videos_on_demand(
+    s3, bucket, bedrock, store_env, clip, monkeypatch
+):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK", bedrock.url)
+    monkeypatch.setenv("IMGRAG_BATCH_STAGING_URI", f"s3://{bucket}/staging/")
+    monkeypatch.setenv("IMGRAG_BATCH_ROLE_ARN", "arn:aws:iam::123456789012:role/imgrag-batch")
+    report = ingest_flow(source=f"s3://{bucket}/media/", mode="auto")
+    assert (report.new, report.failed, report.batch_jobs) == (2, 0, [])
+    assert times(frames(store_env, clip)) == TIMES
