@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.query
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.app
+	$(BIN)/python -m bench.quality --engines
 
 clean:
 	rm -rf $(VENV) .demo  # never the store (./chroma_images_db) or the ledger (./.imgrag)

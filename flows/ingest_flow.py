@@ -15,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.cli import settings_from_cli
 from imgrag.errors import ConfigError, ImgragError
 from imgrag.lock import writer_lock
+from imgrag.ocr import OCR_VERSION
 from imgrag.pipeline import Runtime, close_runtime, hold_runtime, refresh_records
 from imgrag.records import BatchResult, IngestReport, SourceObject
 from imgrag.sources import is_video_key
@@ -59,12 +60,14 @@ def ingest_flow(
     model: str | None = None,
     mode: str | None = None,
     video: bool | None = None,
+    ocr: bool | None = None,
 ) -> IngestReport:
     """Make ``source`` (``s3://bucket/prefix`` or a folder) searchable in a Chroma collection.
 
     Embeds only new or changed objects (by ETag), removes records of deleted objects within
     the listed scope, and records permanent failures so re-runs skip them. Videos are
-    indexed as frames unless ``video`` is False (or IMGRAG_VIDEO says so).
+    indexed as frames unless ``video`` is False (or IMGRAG_VIDEO says so). ``ocr`` (default:
+    ``IMGRAG_OCR``) also reads the text in images, back-filling indexed ones that lack it.
     """
     if not source.strip():  # e.g. a deployment made without IMGRAG_SOURCE set
         raise ConfigError("no source given: pass s3://BUCKET/PREFIX or a folder path")
@@ -73,7 +76,7 @@ def ingest_flow(
     settings = settings_from_cli(  # deployment parameters: bad values are one-line errors
         collection=collection, dim=dim, chroma_path=chroma_path, chroma_url=chroma_url,
         region=region, batch_size=batch_size, concurrency=concurrency, model=model, mode=mode,
-        video=video,
+        video=video, ocr=ocr,
     )
     with (
         writer_lock(settings.chroma_url, settings.chroma_path),
@@ -96,7 +99,8 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     settings = rt.settings
     scope = rt.source.scope
     planner = ScopePlanner(scope, rt.store.manifest(rt.source.bucket, scope),
-                           rt.ledger.known(scope), parse_shard(shard), retry_failed)
+                           rt.ledger.known(scope), parse_shard(shard), retry_failed,
+                           ocr_version=OCR_VERSION if settings.ocr else 0)
     report = IngestReport(run_id=run_id, source=scope, collection=settings.collection,
                           model_id=settings.model_id, dim=settings.dim)
     plain = settings.public_dict()
@@ -112,6 +116,9 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         report.batch_images += result.batch_images
         report.bytes_downloaded += result.bytes_downloaded
         report.stale_removed += result.stale_removed
+        report.ocr_read += result.ocr_read
+        report.ocr_backfilled += result.ocr_backfilled
+        report.ocr_cpu_s = round(report.ocr_cpu_s + result.ocr_cpu_s, 3)
         report.failures += result.failures
         report.videos += result.videos
 
@@ -133,10 +140,10 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     todo: Iterable[SourceObject] = planner.todo(listing)
     if settings.batch_staging_uri or settings.mode != "on-demand":  # jobs to collect or make
         planned = list(todo)
-        videos = [obj for obj in planned if is_video_key(obj.key)]  # frames: on demand
-        images, results, report.batch_jobs = embed_with_batch_jobs(
-            settings, source, [obj for obj in planned if not is_video_key(obj.key)], run_id)
-        todo = [*images, *videos]
+        on_demand = [o for o in planned if is_video_key(o.key) or o.uri in planner.text_only]
+        images, results, report.batch_jobs = embed_with_batch_jobs(  # frames, OCR only: no job
+            settings, source, [o for o in planned if o not in on_demand], run_id)
+        todo = [*images, *on_demand]
         finished = sum(r.upserted + len(r.failures) for r in results)
         queued += finished
         done += finished

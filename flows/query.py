@@ -29,6 +29,7 @@ from flows.cli import (
 )
 from flows.prefect_api import configured_api_url, prefect_errors
 from imgrag.errors import ConfigError, ImgragError
+from imgrag.request import DEFAULT_RERANK_TOP
 from imgrag.summarize import DEFAULT_OPENAI_MODEL, DEFAULT_SUMMARY_IMAGES
 
 if TYPE_CHECKING:
@@ -63,11 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
         "unreachable store, model or Prefect API, or a failed --summarize (the hits are "
         "still printed); 130 when interrupted.",
     )
-    parser.add_argument("text", nargs="?", help="what to look for, e.g. 'blue t-shirt'")
+    parser.add_argument("text", nargs="?", help="what to look for, e.g. 'blue t-shirt'; a "
+                        "'-word' is subtracted, e.g. 'beach -people'")
     parser.add_argument("-k", type=int, default=8, help="number of hits (default 8)")
     example = parser.add_argument_group("query by example")
     example.add_argument("--image", metavar="PATH_OR_S3_URI",
-                         help="find images similar to this one (instead of TEXT)")
+                         help="find images similar to this one (with TEXT or --text: both "
+                         "in one model call, averaged)")
+    example.add_argument("--text", dest="text_option", metavar="TEXT",
+                         help="text to combine with --image, e.g. 'at night'")
+    example.add_argument("--not", dest="negative", action="append", default=[],
+                         metavar="TEXT", help="subtract this text's vector (repeatable; "
+                         "each text is embedded once, then cached)")
+    ranking = parser.add_argument_group("ranking")
+    ranking.add_argument("--text-match", choices=("auto", "on", "off"), default="auto",
+                         help="fuse OCR text matches (whole words) with the vector hits by "
+                         "reciprocal rank fusion; auto: when the collection has OCR text "
+                         "(default auto; free: no model call)")
+    ranking.add_argument("--cutoff", choices=("gap",),
+                         help="gap: drop the hits after the largest distance gap")
+    ranking.add_argument("--rerank", action="store_true",
+                         help="re-order the top hits with an OpenAI vision model (one "
+                         "request, cached; on failure the order is kept with a warning)")
+    ranking.add_argument("--rerank-top", type=int, default=DEFAULT_RERANK_TOP, metavar="N",
+                         help=f"hits sent to --rerank (default {DEFAULT_RERANK_TOP})")
     example.add_argument("--exclude-self", action="store_true",
                          help="leave the example image's own record out of the hits")
     filters = parser.add_argument_group("filters (combined with AND)")
@@ -113,8 +133,12 @@ def build_request(args: argparse.Namespace) -> SearchRequest:
     from imgrag.filters import QueryFilters, parse_date
     from imgrag.request import SearchRequest, check_image_ref, parse_where
 
-    for flag in ("text", "prefix", "bucket", "where", "collection"):
+    for flag in ("text", "text_option", "prefix", "bucket", "where", "collection"):
         require_utf8(flag, getattr(args, flag))
+    for text in args.negative:
+        require_utf8("not", text)
+    if args.text is not None and args.text_option is not None:
+        raise ConfigError("give the text once: as TEXT or as --text")
     if args.summary_images < 1:
         raise ConfigError("--summary-images must be at least 1")
     if args.exclude_self and args.image is None:
@@ -125,8 +149,11 @@ def build_request(args: argparse.Namespace) -> SearchRequest:
             modified_after=parse_date(args.modified_after) if args.modified_after else None,
         )
         request = SearchRequest(
-            text=args.text, image=args.image, k=args.k, where=parse_where(args.where),
-            filters=filters, exclude_self=args.exclude_self, max_distance=args.max_distance,
+            text=args.text if args.text is not None else args.text_option, image=args.image,
+            k=args.k, where=parse_where(args.where), filters=filters,
+            exclude_self=args.exclude_self, max_distance=args.max_distance,
+            negative=args.negative, cutoff=args.cutoff, text_match=args.text_match,
+            rerank=args.rerank, rerank_top=args.rerank_top, rerank_model=args.openai_model,
             group_by=args.group_by,
         )
     except ValidationError as exc:
@@ -138,20 +165,34 @@ def build_request(args: argparse.Namespace) -> SearchRequest:
 
 def search(request: SearchRequest, args: argparse.Namespace, settings: Settings) -> list[Hit]:
     """The hits: through the query flow when a Prefect API is configured (the run is
-    recorded), else directly in this process."""
+    recorded, re-ranking costs and warnings in its log), else directly in this process
+    (they are printed on stderr)."""
     if configured_api_url():
         with prefect_errors():
             with quiet_gc():
                 from flows.cli import hide_run_error_tracebacks
                 from flows.query_flow import query_flow
             hide_run_error_tracebacks()
-            return query_flow(request.text, request.k, request.where, args.collection,
-                              args.dim, args.chroma_path, args.chroma_url, args.region,
-                              request.image, request.exclude_self, request.filters,
-                              request.max_distance, args.model, request.group_by)
+            return query_flow(
+                request.text, request.k, request.where, args.collection, args.dim,
+                args.chroma_path, args.chroma_url, args.region, request.image,
+                request.exclude_self, request.filters, request.max_distance,
+                negative=request.negative, cutoff=request.cutoff,
+                text_match=request.text_match, rerank=request.rerank,
+                rerank_top=request.rerank_top, rerank_model=request.rerank_model,
+                model=args.model, group_by=request.group_by)
     with quiet_gc():
-        from imgrag.query import LazyEmbedder, run_search
-    return run_search(settings, request, embedder=LazyEmbedder(settings))
+        from imgrag.query import LazyEmbedder, SearchReport, run_search
+    report = SearchReport()
+    hits = run_search(settings, request, embedder=LazyEmbedder(settings), report=report)
+    for warning in report.warnings:
+        print(f"imgrag: warning: {safe_text(warning)}", file=sys.stderr)
+    outcome = report.rerank
+    if outcome is not None and not outcome.warning:
+        print(f"re-ranked by {outcome.model}{' (cached, no call)' if outcome.cached else ''}:"
+              f" {outcome.prompt_tokens} prompt + {outcome.completion_tokens} completion "
+              f"tokens, est. ${outcome.cost_usd:.4f}", file=sys.stderr)
+    return hits
 
 
 def print_hits(hits: list[Hit], as_json: bool) -> None:
@@ -164,8 +205,13 @@ def print_hits(hits: list[Hit], as_json: bool) -> None:
 
     for hit in hits:
         moment = frame_label(hit)
+        why = f"  [{'+'.join(hit.matched)}]" if hit.matched else ""
         print(f"{hit.rank:>3}  {hit.distance:.4f}  {safe_text(hit.id)}  "
-              f"{hit.metadata.get('size', '?')} B" + (f"  {moment}" if moment else ""))
+              f"{hit.metadata.get('size', '?')} B" + (f"  {moment}" if moment else "") + why)
+        if hit.snippet:
+            print(f"       text: {safe_text(hit.snippet)}")
+        if hit.reason:
+            print(f"       why: {safe_text(hit.reason)}")
 
 
 def print_answer(
@@ -197,7 +243,7 @@ def write_outputs(args: argparse.Namespace, request: SearchRequest, settings: Se
     )
 
     thumbs = loader.load(hits)
-    title = f'"{request.text}"' if request.text is not None else f"similar to {request.image}"
+    title = f'"{request.text}"' if request.image is None else f"similar to {request.label}"
     subtitle = f"collection {settings.collection} · k={request.k}"
     try:
         if args.html:

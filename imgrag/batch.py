@@ -30,7 +30,7 @@ from imgrag.aws import new_session
 from imgrag.embedders import model_format
 from imgrag.errors import ConfigError, EmbeddingError
 from imgrag.normalize import NormalizedImage
-from imgrag.pipeline import Runtime, prepare_object, record_metadata
+from imgrag.pipeline import Runtime, prepare_object, read_text, record_metadata
 from imgrag.records import BatchResult, Failure, SourceObject
 from imgrag.sources.s3 import make_s3_client
 from imgrag.sources.s3_uri import parse_s3_uri
@@ -161,9 +161,10 @@ class BatchInference:
                 rid = record_id(obj)
                 body = self.format.image_body([image.data], self.rt.settings.dim)
                 parts.write(f'{{"recordId": "{rid}", "modelInput": {body}}}\n'.encode())
-                meta = record_metadata(obj, image, self.rt.embedder, run_id)
+                text = read_text(self.rt, obj, image)
+                meta = record_metadata(obj, image, self.rt.embedder, run_id, text)
                 index.append(json.dumps({"recordId": rid, "id": obj.uri, "etag": obj.etag,
-                                         "metadata": meta}))
+                                         "metadata": meta, "text": text.text if text else ""}))
                 count += 1
         if count:
             self.s3.put_object(Bucket=self.bucket, Key=f"{home}index.jsonl",
@@ -197,7 +198,7 @@ class BatchInference:
         entries = {e["recordId"]: e for e in self._index(job)}
         outputs = dict(self._outputs(job)) if job.status in ("Completed",
                                                              "PartiallyCompleted") else {}
-        ids, vectors, metadatas, failures = [], [], [], []
+        ids, vectors, metadatas, texts, failures = [], [], [], [], []
         now = datetime.now(UTC).isoformat()
         for rid, entry in entries.items():
             output = outputs.get(rid)
@@ -208,8 +209,9 @@ class BatchInference:
             ids.append(entry["id"])
             vectors.append(vector)
             metadatas.append(entry["metadata"] | {"ingested_at": now, "run_id": run_id})
+            texts.append(entry.get("text", ""))
         if ids:
-            rt.store.upsert(ids, vectors, metadatas)
+            rt.store.upsert(ids, vectors, metadatas, texts)
             rt.ledger.forget(ids)
         rt.ledger.record([f for f in failures if f.permanent], run_id)
         self.s3.put_object(Bucket=self.bucket, Key=f"{self._home(job.name)}{COLLECTED}",

@@ -112,10 +112,24 @@ def render_fragment(
             f"<b>#{hit.rank}</b>{badge} · distance {hit.distance:.4f}<br>"
             f"<span class=\"uri\">{esc(hit.id)}</span>{_moment_html(hit)}<br>"
             f"{esc(_dimensions(hit))} · {esc(human_bytes(hit.metadata.get('size')))}"
-            "</figcaption></figure>"
+            f"{_why(hit)}</figcaption></figure>"
         )
     parts.append("</div></div>")
     return "\n".join(parts)
+
+
+def _why(hit: Hit) -> str:
+    """Caption lines saying why a hit is there: matched lists, OCR snippet (the matched
+    words marked), the re-ranking reason; "" for a plain vector search."""
+    lines = []
+    if hit.matched:
+        lines.append(f"matched: {html.escape(', '.join(hit.matched))}")
+    if hit.snippet:
+        marked = re.sub(r"\[([^\]]*)\]", r"<mark>\1</mark>", html.escape(hit.snippet))
+        lines.append(f"text: {marked}")
+    if hit.reason:
+        lines.append(f"why: {html.escape(hit.reason)}")
+    return "".join(f"<br>{line}" for line in lines)
 
 
 def render_html(

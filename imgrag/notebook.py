@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -325,15 +325,22 @@ def query_images(
     min_width: int | None = None,
     modified_after: str | datetime | None = None,
     max_distance: float | None = None,
+    negative: Sequence[str] = (),
+    cutoff: Literal["gap"] | None = None,
+    text_match: Literal["auto", "on", "off"] = "auto",
+    rerank: bool = False,
 ) -> list[Hit]:
-    """The ``k`` images nearest to ``text`` — or to ``image`` (a path or s3:// URI) —
-    within the filters, as ranked hits (``id``, ``distance``, ``metadata``)."""
+    """The ``k`` images nearest to ``text`` — or to ``image`` (a path or s3:// URI), or to
+    both — minus the ``negative`` texts, within the filters, as ranked hits (``id``,
+    ``distance``, ``metadata``; ``matched`` and ``snippet`` when OCR text matches are fused
+    in, ``reason`` after ``rerank``)."""
     when = parse_date(modified_after) if isinstance(modified_after, str) else modified_after
     request = SearchRequest(
         text=text, image=image, k=k, where=dict(where) if where else None,
         filters=QueryFilters(prefix=prefix, bucket=bucket, min_width=min_width,
                              modified_after=when),
-        exclude_self=exclude_self, max_distance=max_distance,
+        exclude_self=exclude_self, max_distance=max_distance, negative=list(negative),
+        cutoff=cutoff, text_match=text_match, rerank=rerank,
     )
     settings = collection.settings
     return run_search(settings, request, store=collection.store, embedder=_embedder(settings))

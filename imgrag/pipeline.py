@@ -9,6 +9,7 @@ and look their runtime up here, so nothing unhashable crosses a task boundary.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -23,12 +24,14 @@ from imgrag.errors import StoreError
 from imgrag.filters import filter_metadata
 from imgrag.ledger import FailureLedger
 from imgrag.normalize import NORMALIZE_VERSION, NormalizedImage, NormalizeError, normalize_image
+from imgrag.ocr import OcrEngine, OcrResult, shared_engine
 from imgrag.records import BatchResult, Failure, SourceObject
 from imgrag.settings import Settings
 from imgrag.sources import FetchError, Source, is_video_key, open_source
 from imgrag.store import ImageStore
 
 LEDGER_NAME = "imgrag-ledger.sqlite3"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Runtime:
     embedder: Embedder
     ledger: FailureLedger
     pool: ThreadPoolExecutor = field(repr=False)
+    ocr: OcrEngine | None = None  # with settings.ocr
 
     @classmethod
     def open(cls, settings: Settings, source: str) -> Runtime:
@@ -50,6 +54,7 @@ class Runtime:
             src = open_source(source, settings)
             opened.callback(src.close)
             src.check()
+            ocr = shared_engine(settings.ocr_threads) if settings.ocr else None
             store = ImageStore.open(settings, create=True)
             embedder = make_embedder(settings)
             opened.callback(embedder.close)
@@ -57,7 +62,7 @@ class Runtime:
             opened.callback(ledger.close)
             pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="imgrag")
             opened.pop_all()
-        return cls(settings, src, store, embedder, ledger, pool)
+        return cls(settings, src, store, embedder, ledger, pool, ocr)
 
     def close(self) -> None:
         """Wait for the pool's work, then close the ledger, the clients and the source's
@@ -133,12 +138,15 @@ def close_runtime(settings: Settings, source: str) -> None:
 
 
 def record_metadata(
-    obj: SourceObject, image: NormalizedImage | None, embedder: Embedder, run_id: str
+    obj: SourceObject, image: NormalizedImage | None, embedder: Embedder, run_id: str,
+    text: OcrResult | None = None,
 ) -> dict[str, Any]:
     """The metadata stored with each vector (Chroma takes str/int/float/bool and non-empty
     lists of them); ``filter_metadata`` adds the fields query filters need. Without
-    ``image`` (the model read the object from S3), size and format are unknown: 0 and ""."""
+    ``image`` (the model read the object from S3), size and format are unknown: 0 and "".
+    Without ``text``, ``ocr_version`` 0 says the record holds no current OCR text."""
     return {
+        **(text.metadata() if text is not None else {"ocr_version": 0}),
         "source_uri": obj.uri,
         "bucket": obj.bucket,
         "key": obj.key,
@@ -194,10 +202,35 @@ class _Unit:
     images: list[NormalizedImage] = field(default_factory=list)
     vectors: list[list[float]] = field(default_factory=list)
     metadatas: list[dict[str, Any]] = field(default_factory=list)
+    texts: list[OcrResult | None] = field(default_factory=list)  # OCR, one per image
+    documents: list[str] = field(default_factory=list)  # stored text, "" without
     failures: list[Failure] = field(default_factory=list)
     bytes_downloaded: int = 0
     billed_images: int = 0
     store_error: StoreError | None = None  # not embedded: the store's writes gave up
+    ocr_read: int = 0
+    ocr_cpu_s: float = 0.0
+
+    def read_text(self, rt: Runtime, obj: SourceObject, image: NormalizedImage
+                  ) -> OcrResult | None:
+        """:func:`read_text`, counted."""
+        result = read_text(rt, obj, image)
+        if result is not None:
+            self.ocr_read += 1
+            self.ocr_cpu_s += result.cpu_seconds
+        return result
+
+
+def read_text(rt: Runtime, obj: SourceObject, image: NormalizedImage) -> OcrResult | None:
+    """The OCR of a normalized image when OCR is on; None when off or the engine failed
+    (the record then says ``ocr_version`` 0 and a later run reads it again)."""
+    if rt.ocr is None:
+        return None
+    try:
+        return rt.ocr.read(image.data)
+    except Exception as exc:  # an engine error must not lose the embedding
+        log.warning("OCR failed for %s: %s", obj.uri, exc)
+        return None
 
 
 def prepare_object(
@@ -228,7 +261,7 @@ S3_IMAGE_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif
 
 def s3_image_format(rt: Runtime, obj: SourceObject) -> str | None:
     """The format to name when the model may read ``obj`` from S3 itself, else None."""
-    if not (rt.settings.s3_location and obj.bucket):
+    if not (rt.settings.s3_location and obj.bucket) or rt.ocr is not None:  # OCR needs bytes
         return None
     limit = rt.embedder.spec.max_s3_image_bytes
     if not limit or obj.size > limit:
@@ -254,6 +287,7 @@ def _embed_s3_object(rt: Runtime, obj: SourceObject, image_format: str, run_id: 
         return unit
     unit.billed_images = 1
     unit.metadatas = [record_metadata(obj, None, rt.embedder, run_id)]
+    unit.documents = [""]
     return unit
 
 
@@ -266,7 +300,8 @@ def _run_object(rt: Runtime, obj: SourceObject, run_id: str) -> _Unit:
 
 
 def _prepare_unit(rt: Runtime, unit: _Unit) -> _Unit:
-    """Download and normalize the unit's objects; those that fail leave it as Failures."""
+    """Download, normalize and (OCR on) read the unit's objects; those that fail leave it
+    as Failures."""
     ready: list[SourceObject] = []
     for obj in unit.objects:
         image, failure, nbytes = prepare_object(rt, obj)
@@ -276,6 +311,7 @@ def _prepare_unit(rt: Runtime, unit: _Unit) -> _Unit:
         else:
             ready.append(obj)
             unit.images.append(image)
+            unit.texts.append(unit.read_text(rt, obj, image))
     unit.objects = ready
     return unit
 
@@ -306,8 +342,9 @@ def _embed_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
         unit.objects = []
     else:
         unit.vectors = vectors
-        unit.metadatas = [record_metadata(o, img, rt.embedder, run_id)
-                          for o, img in zip(unit.objects, unit.images, strict=True)]
+        unit.metadatas = [record_metadata(o, img, rt.embedder, run_id, text) for o, img, text
+                          in zip(unit.objects, unit.images, unit.texts, strict=True)]
+        unit.documents = [text.text if text else "" for text in unit.texts]
     unit.images = []
     return unit
 
@@ -315,13 +352,14 @@ def _embed_unit(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
 def _embed_each(rt: Runtime, unit: _Unit, run_id: str) -> _Unit:
     """Embed a refused multi-image unit one image a call: one bad image must not fail the
     others of its call."""
-    singles = [_embed_unit(rt, _Unit([obj], [img]), run_id)
-               for obj, img in zip(unit.objects, unit.images, strict=True)]
+    singles = [_embed_unit(rt, _Unit([obj], [img], texts=[text]), run_id)
+               for obj, img, text in zip(unit.objects, unit.images, unit.texts, strict=True)]
     unit.objects, unit.images = [], []
     for single in singles:
         unit.objects += single.objects
         unit.vectors += single.vectors
         unit.metadatas += single.metadatas
+        unit.documents += single.documents
         unit.failures += single.failures
         unit.billed_images += single.billed_images
         unit.store_error = unit.store_error or single.store_error
@@ -332,16 +370,40 @@ def _regroup(prepared: Sequence[_Unit], size: int) -> list[_Unit]:
     """Prepared one-object units as units of up to ``size`` objects; the first (empty of
     objects) carries the failures and byte counts."""
     units = [_Unit([], failures=[f for u in prepared for f in u.failures],
-                   bytes_downloaded=sum(u.bytes_downloaded for u in prepared))]
+                   bytes_downloaded=sum(u.bytes_downloaded for u in prepared),
+                   ocr_read=sum(u.ocr_read for u in prepared),
+                   ocr_cpu_s=sum(u.ocr_cpu_s for u in prepared))]
     ready = [u for u in prepared if u.objects]
     for start in range(0, len(ready), size):
         group = ready[start : start + size]
-        units.append(_Unit([u.objects[0] for u in group], [u.images[0] for u in group]))
+        units.append(_Unit([u.objects[0] for u in group], [u.images[0] for u in group],
+                           texts=[u.texts[0] for u in group]))
     return units
 
 
+def _backfill_unit(rt: Runtime, obj: SourceObject) -> _Unit:
+    """Read the text of an indexed object whose vector is current (no model call); its
+    failures are transient: the record and its vector stay."""
+    unit = _prepare_unit(rt, _Unit([obj]))
+    unit.failures = [f.model_copy(update={"permanent": False}) for f in unit.failures]
+    text = unit.texts[0] if unit.texts else None
+    if text is None:
+        unit.objects = []
+    else:
+        unit.metadatas, unit.documents = [text.metadata()], [text.text]
+    unit.images = []
+    return unit
+
+
+def _vector_current(meta: dict | None, obj: SourceObject) -> bool:
+    """Whether a stored record already holds the vector of ``obj``'s bytes."""
+    return (meta is not None and meta.get("etag") == obj.etag
+            and int(meta.get("normalize_version", 0)) >= NORMALIZE_VERSION)
+
+
 def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> BatchResult:
-    """Download, normalize and embed ``objects`` concurrently, then upsert the successes.
+    """Download, normalize, OCR (when on) and embed ``objects`` concurrently, then upsert the
+    successes. With OCR on, objects whose vector is already stored only get their text.
 
     A model taking one image a call gets each object downloaded, normalized and embedded by
     one thread (or read from S3 by the model, see ``s3_image_format``); a model taking
@@ -358,23 +420,29 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
         from imgrag.video_ingest import process_videos
 
         video_job = rt.pool.submit(process_videos, rt, videos, run_id)
+    stored = rt.store.get([o.uri for o in images]) if rt.ocr is not None else {}
+    backfill = [o for o in images if _vector_current(stored.get(o.uri), o)]
+    embed = [o for o in images if not _vector_current(stored.get(o.uri), o)]
+    filling = [rt.pool.submit(_backfill_unit, rt, o) for o in backfill]
     step = rt.embedder.max_batch
     if step == 1:
-        done = list(rt.pool.map(lambda obj: _run_object(rt, obj, run_id), images))
+        done = list(rt.pool.map(lambda obj: _run_object(rt, obj, run_id), embed))
     else:
-        prepared = list(rt.pool.map(lambda obj: _prepare_unit(rt, _Unit([obj])), images))
+        prepared = list(rt.pool.map(lambda obj: _prepare_unit(rt, _Unit([obj])), embed))
         done = list(rt.pool.map(lambda unit: _embed_unit(rt, unit, run_id),
                                 _regroup(prepared, step)))
+    filled = [f.result() for f in filling]
     outcomes = video_job.result() if videos else []
 
-    ids, vectors, metadatas, failures = [], [], [], []
+    ids, vectors, metadatas, documents, failures = [], [], [], [], []
     for unit in done:
         failures += unit.failures
         ids += [obj.uri for obj in unit.objects]
         vectors += unit.vectors
         metadatas += unit.metadatas
+        documents += unit.documents
     if ids:
-        rt.store.upsert(ids, vectors, metadatas)
+        rt.store.upsert(ids, vectors, metadatas, documents)
         rt.ledger.forget(ids)
     upserted = len(ids)
     for outcome in outcomes:
@@ -385,20 +453,28 @@ def process_batch(rt: Runtime, objects: Sequence[SourceObject], run_id: str) -> 
                                     outcome.metadatas)
             rt.ledger.forget([outcome.result.uri])
             upserted += len(outcome.ids)
+    texts = [(u.objects[0].uri, u.documents[0], u.metadatas[0]) for u in filled if u.objects]
+    if texts:
+        rt.store.set_texts(*zip(*texts, strict=True))
     stale = remove_stale_records(rt, failures)
     rt.ledger.record(failures, run_id)  # after: a crash in between leaves no stale record
     held_back = next((e for e in [*(u.store_error for u in done),
                                   *(o.store_error for o in outcomes)] if e is not None), None)
     if held_back is not None:
         raise held_back
+    for unit in filled:
+        failures += unit.failures
     return BatchResult(
         upserted=upserted,
         stale_removed=len(stale),
         failures=failures,
         billed_images=sum(u.billed_images for u in done)
         + sum(o.result.billed_images for o in outcomes),
-        bytes_downloaded=sum(u.bytes_downloaded for u in done)
+        bytes_downloaded=sum(u.bytes_downloaded for u in done + filled)
         + sum(o.bytes_downloaded for o in outcomes),
+        ocr_read=sum(u.ocr_read for u in done + filled),
+        ocr_backfilled=len(texts),
+        ocr_cpu_s=round(sum(u.ocr_cpu_s for u in done + filled), 3),
         seconds=time.perf_counter() - started,
         videos=[o.result for o in outcomes],
     )

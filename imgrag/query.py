@@ -1,28 +1,36 @@
-"""Query: text or an example image → embedding → nearest records in the store.
+"""Query: text, an example image or both → embedding → nearest records in the store.
 
 Filters (``QueryFilters``, a raw ``where``) run inside Chroma's nearest-neighbour search, so
-the top-k is exact within them; ``max_distance`` then drops weak hits. Frames of one video
-are grouped into one hit (its best frame, with the times of the others that rank above
-the best hit left out) unless ``group_by="none"``: the search widens until it has more
-than ``k`` groups. Text vectors come
-from a small on-disk cache when the same text was embedded before. An example image that
-is itself indexed is searched with its stored vector (no download, no Bedrock call).
+the top-k is exact within them; ``max_distance`` or the ``gap`` cutoff then drop weak hits.
+Frames of one video are grouped into one hit (its best frame, with the times of the others
+that rank above the best hit left out) unless ``group_by="none"``: the search widens until
+it has more than ``k`` groups. Text vectors come from a small on-disk cache when the same
+text was embedded before. An example image that is itself indexed is searched with its
+stored vector (no download, no Bedrock call). Negative terms subtract their (cached) text
+vectors. OCR text matches are fused with the vector hits (:mod:`imgrag.hybrid`), and the
+top hits may be re-ordered by a vision model (:mod:`imgrag.rerank`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from imgrag.embedders import Embedder, EmbedFailed, make_embedder, model_spec
+from imgrag.embedders.base import average, unit
 from imgrag.errors import ConfigError, EmbeddingError
 from imgrag.filters import QueryFilters, combine_where
+from imgrag.hybrid import fuse, query_terms, text_hits
 from imgrag.normalize import NormalizeError
 from imgrag.pipeline import normalize_for_model
 from imgrag.records import Hit
 from imgrag.request import GroupBy, SearchRequest, image_ref_uri
+from imgrag.rerank import RERANK_CACHE_NAME, RerankCache, RerankOutcome, rerank
 from imgrag.settings import Settings
 from imgrag.sources.base import FetchError
 from imgrag.sources.local import read_regular_file
@@ -42,7 +50,36 @@ def cut_by_distance(hits: Sequence[Hit], max_distance: float | None) -> list[Hit
     return [h for h in hits if h.distance <= max_distance]
 
 
-def _rerank(hits: Sequence[Hit]) -> list[Hit]:
+NEGATIVE_WEIGHT = 0.5  # share of a negative term's unit vector subtracted from the query
+
+
+def cut_by_gap(hits: Sequence[Hit]) -> list[Hit]:
+    """The hits before the largest jump in distance (all of them for fewer than 3)."""
+    if len(hits) < 3:
+        return list(hits)
+    gaps = [b.distance - a.distance for a, b in pairwise(hits)]
+    return list(hits[: gaps.index(max(gaps)) + 1])
+
+
+def subtract(vector: Sequence[float], negatives: Sequence[Sequence[float]],
+             weight: float = NEGATIVE_WEIGHT) -> list[float]:
+    """``vector`` minus ``weight`` × each negative (all as unit vectors), length 1."""
+    result = unit(vector)
+    for negative in negatives:
+        result = [x - weight * y for x, y in zip(result, unit(negative), strict=True)]
+    return unit(result)
+
+
+class SearchReport(BaseModel):
+    """What a search did besides its hits: for the CLI's warning lines and cost report."""
+
+    text_match: bool = False  # OCR text matches were fused in
+    text_matches: int = 0
+    rerank: RerankOutcome | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+
+def _renumber(hits: Sequence[Hit]) -> list[Hit]:
     return [h.model_copy(update={"rank": rank}) for rank, h in enumerate(hits, start=1)]
 
 
@@ -102,7 +139,7 @@ def search_vector(
         hits = store.query(vector, k=n, where=where)
         kept = cut_by_distance([h for h in hits if h.id != exclude], max_distance)
         if group_by == "none":
-            return _rerank(kept[:k])
+            return _renumber(kept[:k])
         exhausted = len(hits) < n or len(kept) < len(hits) - (exclude is not None)
         if exhausted or len({group_key(h) for h in kept}) > k:
             return group_by_video(kept, k)
@@ -253,6 +290,52 @@ def open_text_cache(settings: Settings) -> TextEmbeddingCache:
     return TextEmbeddingCache(settings.resolved_state_dir / TEXT_CACHE_NAME)
 
 
+def query_vector(store: ImageStore, embedder: Embedder, request: SearchRequest,
+                 settings: Settings, cache: TextEmbeddingCache) -> list[float]:
+    """The request's vector: its text, its example image, or both averaged (one model call
+    with both, or none for an indexed image and a cached text), minus its negative terms."""
+    positive = request.positive_text
+
+    def text_vector(text: str) -> list[float]:
+        return cache.embed(embedder, text)
+
+    try:
+        if request.image is None:
+            vector = text_vector(positive)
+        elif (stored := store.get_embedding(image_ref_uri(request.image))) is not None:
+            vector = average(stored, text_vector(positive)) if positive else stored
+        elif positive:
+            data = read_image_ref(request.image, settings)
+            try:
+                image = normalize_for_model(data, embedder, settings)
+            except NormalizeError as exc:
+                raise ConfigError(f"the query image is not usable: {exc.reason}") from None
+            vector = embedder.embed_image_text(image.data, positive)
+        else:
+            vector = embed_image_bytes(read_image_ref(request.image, settings), embedder,
+                                       settings)
+        negatives = [text_vector(n) for n in request.negatives]
+    except EmbedFailed as exc:
+        raise EmbeddingError(f"cannot embed the query: {exc.reason}") from None
+    return subtract(vector, negatives) if negatives else vector
+
+
+def with_text_matches(
+    store: ImageStore, vector: Sequence[float], hits: Sequence[Hit], text: str, k: int,
+    where: Mapping[str, Any] | None = None, *, mode: str = "auto", exclude: str | None = None,
+    report: SearchReport | None = None,
+) -> list[Hit]:
+    """``hits`` fused with the records whose OCR text holds words of ``text`` (``mode``
+    "on"; "auto": when the collection has OCR text; "off": ``hits`` as they are)."""
+    terms = query_terms(text)
+    if not terms or mode == "off" or (mode == "auto" and not store.has_texts()):
+        return list(hits)
+    matches = [h for h in text_hits(store, terms, vector, where) if h.id != exclude]
+    if report is not None:
+        report.text_match, report.text_matches = True, len(matches)
+    return fuse(hits, matches, k)
+
+
 def run_search(
     settings: Settings,
     request: SearchRequest,
@@ -260,22 +343,51 @@ def run_search(
     store: ImageStore | None = None,
     embedder: Embedder | None = None,
     cache: TextEmbeddingCache | None = None,
+    report: SearchReport | None = None,
 ) -> list[Hit]:
-    """Run one search against the collection named by ``settings``."""
+    """Run one search against the collection named by ``settings``; ``report``, when given,
+    is filled with what the search did (text matches, re-ranking, warnings)."""
     store = store or ImageStore.open(settings, create=False)
     embedder = embedder or LazyEmbedder(settings)
+    report = report if report is not None else SearchReport()
     where = resolve_where(store, request)
     if where == {}:
         return []
-    if request.image is not None:
-        return search_image(store, embedder, request.image, settings, request.k, where,
-                            exclude_self=request.exclude_self,
-                            max_distance=request.max_distance, group_by=request.group_by)
     text_cache = open_text_cache(settings) if cache is None else cache
     try:
-        return search_text(store, embedder, request.text or "", request.k, where,
-                           max_distance=request.max_distance, cache=text_cache,
-                           group_by=request.group_by)
+        vector = query_vector(store, embedder, request, settings, text_cache)
     finally:
         if cache is None:
             text_cache.close()
+    own = image_ref_uri(request.image) if request.exclude_self and request.image else None
+    hits = search_vector(store, vector, request.k, where, exclude=own,
+                         max_distance=request.max_distance, group_by=request.group_by)
+    if request.cutoff == "gap":
+        hits = cut_by_gap(hits)
+    hits = _renumber(with_text_matches(store, vector, hits, request.positive_text, request.k,
+                                       where, mode=request.text_match, exclude=own,
+                                       report=report))
+    if request.rerank:
+        hits = _rerank_hits(settings, request, hits, report)
+    return hits
+
+
+def _rerank_hits(settings: Settings, request: SearchRequest, hits: list[Hit],
+                 report: SearchReport) -> list[Hit]:
+    from imgrag.summarize import DEFAULT_OPENAI_MODEL
+    from imgrag.thumbnails import ThumbnailLoader
+
+    cache = RerankCache(settings.resolved_state_dir / RERANK_CACHE_NAME)
+    try:
+        outcome = rerank(request.positive_text or "images similar to the example image", hits,
+                         ThumbnailLoader(settings),
+                         model=request.rerank_model or DEFAULT_OPENAI_MODEL,
+                         top=request.rerank_top, cache=cache,
+                         prices=(settings.openai_price_per_1m_input_tokens,
+                                 settings.openai_price_per_1m_output_tokens))
+    finally:
+        cache.close()
+    report.rerank = outcome
+    if outcome.warning:
+        report.warnings.append(outcome.warning)
+    return outcome.hits

@@ -35,6 +35,7 @@ class Indexed(NamedTuple):
     normalize_version: int  # 0 when the record does not say
     last_modified: str = ""  # as stored ("" when the record does not say)
     size: int = -1  # -1 when the record does not say
+    ocr_version: int = 0  # 0: the record holds no OCR text
 
 
 class Failure(BaseModel):
@@ -58,6 +59,9 @@ class BatchResult(BaseModel):
     billed_images: int = 0  # images embedded by calls that succeeded (what Bedrock bills)
     batch_images: int = 0  # of those, images billed at the batch inference price
     bytes_downloaded: int = 0
+    ocr_read: int = 0  # images OCR'd (embedded ones and back-filled ones)
+    ocr_backfilled: int = 0  # unchanged records given their text, without a model call
+    ocr_cpu_s: float = 0.0
     seconds: float = 0.0
     videos: list[VideoResult] = Field(default_factory=list)
 
@@ -71,6 +75,7 @@ class IngestPlan(BaseModel):
     changed: int = 0
     unchanged: int = 0
     skipped: int = 0  # known permanent failures with the same ETag
+    ocr_backfill: int = 0  # unchanged records whose OCR text is missing or stale
 
 
 class IngestReport(BaseModel):
@@ -101,6 +106,9 @@ class IngestReport(BaseModel):
     images_per_s: float = 0.0
     estimated_cost_usd: float = 0.0
     unreadable: int = 0  # paths the listing could not read; records under them were kept
+    ocr_read: int = 0  # images OCR'd (--ocr)
+    ocr_backfilled: int = 0  # of them, unchanged records given their text (no Bedrock call)
+    ocr_cpu_s: float = 0.0  # CPU seconds spent in OCR
     failures: list[Failure] = Field(default_factory=list)
     videos: list[VideoResult] = Field(default_factory=list)  # frames and cost per video
     warnings: list[str] = Field(default_factory=list)  # what the run chose not to do, and why
@@ -130,9 +138,15 @@ class Hit(BaseModel):
     distance: float
     metadata: dict[str, Any] = Field(default_factory=dict)
     times: list[float] = Field(default_factory=list)
+    matched: list[str] | None = None  # hybrid search: "vector", "text" or both
+    snippet: str | None = None  # the OCR text around the match, matched words in [brackets]
+    reason: str | None = None  # --rerank: the vision model's one-line reason
 
     def as_json(self) -> dict[str, Any]:
-        """The ``--json`` shape: ``{id, distance, metadata}`` (and ``times`` for a video
-        hit with other matching frames)."""
-        shape = {"id": self.id, "distance": self.distance, "metadata": self.metadata}
+        """The ``--json`` shape: ``{id, distance, metadata}``, plus ``times`` for a video hit
+        with other matching frames, and ``matched``, ``snippet`` and ``reason`` when the
+        search produced them."""
+        extra = {name: value for name in ("matched", "snippet", "reason")
+                 if (value := getattr(self, name)) is not None}
+        shape = {"id": self.id, "distance": self.distance, "metadata": self.metadata, **extra}
         return shape | {"times": self.times} if self.times else shape

@@ -5,6 +5,7 @@ CLI rejects bad input in a fraction of a second."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,8 @@ from imgrag.sources.s3_uri import parse_s3_uri
 
 MAX_K = 10_000  # hits per search: a gallery, an export; more is a scan, not a search
 MAX_WHERE_DEPTH = 16  # nested $and/$or levels of a raw filter
+DEFAULT_RERANK_TOP = 12
+_NEGATED = re.compile(r"(?:^|\s)-(\w[\w'-]*)")
 FIELD_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin",
                              "$contains", "$not_contains"})
 LOGICAL_OPERATORS = frozenset({"$and", "$or"})
@@ -70,10 +73,13 @@ def parse_where(text: str | None) -> dict[str, Any] | None:
 
 
 class SearchRequest(BaseModel):
-    """One search: a text or an example image, how many hits, and what to keep."""
+    """One search: a text, an example image or both, how many hits, what to keep, and how
+    to rank them."""
 
-    text: str | None = None
+    text: str | None = Field(None, description="What to look for; '-word' subtracts a word.")
     image: str | None = Field(None, description="Local path or s3:// URI of an example image.")
+    negative: list[str] = Field(default_factory=list,
+                                description="Texts whose vectors are subtracted (--not).")
     k: int = Field(8, ge=1, le=MAX_K)
     where: dict[str, Any] | None = None
     filters: QueryFilters = Field(default_factory=QueryFilters)
@@ -81,6 +87,14 @@ class SearchRequest(BaseModel):
     max_distance: float | None = Field(None, ge=0, description="Drop hits farther than this.")
     group_by: GroupBy = Field("video", description="video: one hit per video (its best"
                               " frame); none: every frame is a hit.")
+    cutoff: Literal["gap"] | None = Field(
+        None, description="'gap': drop the hits after the largest distance gap.")
+    text_match: Literal["auto", "on", "off"] = Field(
+        "auto", description="Fuse OCR text matches with the vector hits ('auto': when the "
+        "collection has OCR text).")
+    rerank: bool = Field(False, description="Re-order the top hits with an OpenAI vision model.")
+    rerank_top: int = Field(DEFAULT_RERANK_TOP, ge=2, le=50)
+    rerank_model: str | None = Field(None, description="Default: the summaries' model.")
 
     @field_validator("where")
     @classmethod
@@ -93,17 +107,35 @@ class SearchRequest(BaseModel):
         return where
 
     @model_validator(mode="after")
-    def _one_query(self) -> SearchRequest:
-        if (self.text is None) == (self.image is None):
-            raise ValueError("give a query text or an example image, not both")
+    def _a_query(self) -> SearchRequest:
+        if self.text is None and self.image is None:
+            raise ValueError("give a query text, an example image, or both")
         if self.text is not None and not self.text.strip():
             raise ValueError("the query text is empty")
+        if self.text is not None and self.image is None and not self.positive_text:
+            raise ValueError("the query has only negative terms: say what to look for")
+        if any(not n.strip() for n in self.negative):
+            raise ValueError("a --not text is empty")
         return self
 
     @property
+    def positive_text(self) -> str:
+        """The query text without its ``-word`` terms ("" without a text)."""
+        return " ".join(_NEGATED.sub(" ", self.text or "").split())
+
+    @property
+    def negatives(self) -> list[str]:
+        """Texts to subtract: the ``-word`` terms of the text, then ``negative``."""
+        return [*_NEGATED.findall(self.text or ""), *self.negative]
+
+    @property
     def label(self) -> str:
-        """How the query is shown in reports: the text, or ``image <ref>``."""
-        return self.text if self.text is not None else f"image {self.image}"
+        """How the query is shown in reports: the text, ``image <ref>``, or both."""
+        parts = [self.text] if self.text is not None else []
+        if self.image is not None:
+            parts.append(f"image {self.image}")
+        parts += [f"not {n}" for n in self.negative]
+        return " + ".join(parts)
 
 
 def image_ref_uri(ref: str) -> str:

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     video_decode_timeout_s: float = Field(
         300.0, gt=0, le=3600, description="Wall-clock budget to decode one video, seconds.")
 
+    ocr: bool = Field(False, description="Read the text in images at ingest (imgrag[ocr]).")
+    ocr_threads: int = Field(
+        1, ge=1, le=64, description="Images OCR'd at once: the cores OCR may use."
+    )
+
     # Cost estimate (USD); default: the model's on-demand list price
     price_per_image: float | None = Field(None, ge=0)
     price_per_1k_text_tokens: float | None = Field(None, ge=0)
@@ -99,6 +104,10 @@ class Settings(BaseSettings):
     batch_wait_s: float = Field(
         24 * 3600.0, ge=0, description="How long a run waits for its job (0: submit and"
         " return; a later run collects it).")
+
+    # OpenAI list price of the default vision model (gpt-5.4-mini), USD per 1M tokens
+    openai_price_per_1m_input_tokens: float = Field(0.75, ge=0)
+    openai_price_per_1m_output_tokens: float = Field(4.5, ge=0)
 
     # Deletion guard: a larger share of a scope's records gone from one listing is withheld
     max_delete_fraction: float = Field(

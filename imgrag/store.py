@@ -315,8 +315,11 @@ class ImageStore:
         ids: Sequence[str],
         embeddings: Sequence[Sequence[float]],
         metadatas: Sequence[Mapping[str, Any]],
+        documents: Sequence[str] | None = None,
     ) -> None:
-        """Add or replace records by id, in chunks the server accepts (see ``_write``)."""
+        """Add or replace records by id, in chunks the server accepts (see ``_write``).
+        ``documents`` (the OCR text, "" for none) replaces a record's text; without them it
+        is kept."""
         self._check_writable()
         for start in range(0, len(ids), self.max_batch):
             end = start + self.max_batch
@@ -325,7 +328,50 @@ class ImageStore:
                 ids=list(ids[start:end]),
                 embeddings=[list(e) for e in embeddings[start:end]],
                 metadatas=[dict(m) for m in metadatas[start:end]],
+                documents=list(documents[start:end]) if documents is not None else None,
             ))
+
+    def set_texts(
+        self, ids: Sequence[str], documents: Sequence[str], metadatas: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Replace the text of existing records and merge ``metadatas`` into theirs, vectors
+        unchanged (Chroma re-sends them: an update with documents needs embeddings)."""
+        self._check_writable()
+        for start in range(0, len(ids), self.max_batch):
+            chunk = list(ids[start : start + self.max_batch])
+            with chroma_errors(f"read records of collection {self.collection.name!r}"):
+                page = self.collection.get(ids=chunk, include=["embeddings"])
+            vectors = dict(zip(page["ids"], page["embeddings"], strict=True))
+            keep = [i for i, rid in enumerate(chunk, start) if rid in vectors]
+            if keep:
+                self._write(f"update the texts of {len(keep)} records", partial(
+                    self.collection.update, ids=[ids[i] for i in keep],
+                    embeddings=[list(vectors[ids[i]]) for i in keep],
+                    documents=[documents[i] for i in keep],
+                    metadatas=[dict(metadatas[i]) for i in keep]))
+
+    def text_matches(
+        self, pattern: str, limit: int, where: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str, dict, list[float]]]:
+        """(id, text, metadata, vector) of up to ``limit`` records whose text matches the
+        regular expression ``pattern`` (Chroma's own ``where_document`` ``$regex``, in the
+        embedded and the server mode alike), within the metadata filter ``where``."""
+        with chroma_errors(f"search the texts of collection {self.collection.name!r}"):
+            page = self.collection.get(
+                where=dict(where) if where else None, where_document={"$regex": pattern},
+                limit=limit, include=["documents", "metadatas", "embeddings"],
+            )
+        return [(rid, doc or "", dict(meta or {}), [float(x) for x in vec])
+                for rid, doc, meta, vec in zip(page["ids"], page["documents"],
+                                               page["metadatas"], page["embeddings"],
+                                               strict=True)]
+
+    def has_texts(self) -> bool:
+        """Whether any record carries OCR text (``ocr_version`` ≥ 1)."""
+        with chroma_errors(f"read collection {self.collection.name!r}"):
+            page = self.collection.get(where={"ocr_version": {"$gte": 1}}, limit=1,
+                                       include=[])
+        return bool(page["ids"])
 
     def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
         """Merge fields into the metadata of existing records (vectors untouched; ids no

@@ -97,14 +97,14 @@ def make_openai_client(**options: Any) -> Any:
         import openai
     except ImportError:
         raise SummaryError(
-            "summaries need the openai package: pip install 'imgrag[summaries]'"
+            "summaries and re-ranking need the openai package: pip install 'imgrag[summaries]'"
         ) from None
     try:
         return openai.OpenAI(**options)
     except openai.OpenAIError:
         raise SummaryError(
-            "summaries need an OpenAI API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for "
-            "an OpenAI-compatible server)"
+            "summaries and re-ranking need an OpenAI API key: set OPENAI_API_KEY (and "
+            "OPENAI_BASE_URL for an OpenAI-compatible server)"
         ) from None
 
 
@@ -115,7 +115,7 @@ def _api_message(exc: Any) -> str:
     return " ".join(str(getattr(exc, "message", exc)).split())
 
 
-def _readable(exc: Exception, model: str, client: Any) -> SummaryError:
+def openai_error(exc: Exception, model: str, client: Any) -> SummaryError:
     """One line for an openai exception; never a traceback."""
     import openai
 
@@ -161,7 +161,7 @@ def summarize_images(
             model=model, messages=build_messages(query, images)
         )
     except openai.OpenAIError as exc:
-        raise _readable(exc, model, client) from None
+        raise openai_error(exc, model, client) from None
     choice = completion.choices[0] if completion.choices else None
     text = (choice.message.content or "").strip() if choice else ""
     if not text:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from imgrag.errors import ConfigError
 from imgrag.normalize import NORMALIZE_VERSION
 from imgrag.records import Indexed, IngestPlan, SourceObject
+from imgrag.sources.base import is_video_key
 
 Shard = tuple[int, int]  # (index, count), index in [0, count)
 MASS_DELETE_MIN_RECORDS = 10  # up to this many records, any share of them may be deleted
@@ -57,6 +58,9 @@ class ScopePlanner:
 
     A record whose ETag matches but whose image was normalized by an older
     ``normalize_version`` is stale (its vector would differ today): it counts as changed.
+    With ``ocr_version`` (OCR on), an unchanged image record whose text is older or missing
+    is yielded too, counted as ``ocr_backfill``: the batch reads its text and keeps its
+    vector (video frames are not OCR'd).
     """
 
     def __init__(
@@ -67,17 +71,20 @@ class ScopePlanner:
         shard: Shard | None = None,
         retry_failed: bool = False,
         normalize_version: int = NORMALIZE_VERSION,
+        ocr_version: int = 0,
     ) -> None:
         self.shard = shard
         self.plan = IngestPlan(scope=scope)
         self._unseen = {uri: rec for uri, rec in manifest.items() if in_shard(uri, shard)}
         self._normalize_version = normalize_version
+        self._ocr_version = ocr_version
         self._indexed = len(self._unseen)
         self._known_failures = dict(known_failures or {})
         self._unseen_failures = {uri for uri in self._known_failures if in_shard(uri, shard)}
         self._retry_failed = retry_failed
         self._stale: list[str] = []
         self.refreshed: list[SourceObject] = []  # unchanged, but last_modified or size moved
+        self.text_only: set[str] = set()  # yielded for their OCR text only (vector current)
 
     @property
     def indexed(self) -> int:
@@ -98,6 +105,10 @@ class ScopePlanner:
                 plan.unchanged += 1
                 if (stored.last_modified, stored.size) != (obj.last_modified_text, obj.size):
                     self.refreshed.append(obj)
+                if stored.ocr_version < self._ocr_version and not is_video_key(obj.key):
+                    plan.ocr_backfill += 1
+                    self.text_only.add(obj.uri)
+                    yield obj
             elif not self._retry_failed and self._known_failures.get(obj.uri) == obj.etag:
                 plan.skipped += 1
                 if stored is not None:  # a record of older bytes: stale

@@ -31,7 +31,8 @@ def is_frame(metadata: dict[str, Any]) -> bool:
 
 def _indexed(meta: dict[str, Any], etag: str) -> Indexed:
     return Indexed(etag, int(meta.get("normalize_version", 0)),
-                   str(meta.get("last_modified", "")), int(meta.get("size", -1)))
+                   str(meta.get("last_modified", "")), int(meta.get("size", -1)),
+                   int(meta.get("ocr_version", 0)))
 
 
 def manifest_entries(records: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Indexed]:

@@ -6,6 +6,10 @@ a model, messages, and ``image_url`` parts whose URLs are ``data:image/jpeg;base
 of real JPEG bytes. A valid request gets a canned completion that cites the first two
 labels (``S1``…) it was shown; an invalid one gets OpenAI's 400 error shape. Errors can
 be queued with :meth:`FakeOpenAI.fail_next` (429 rate limit, 400 bad request, …).
+
+A request with a ``json_schema`` response format (re-ranking) is answered with JSON of
+that schema: ``ranker(query, labels, images)`` gives the (label, reason) order (default:
+the labels reversed); ``rerank_content`` replaces the answer text (a malformed answer).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
@@ -88,6 +93,9 @@ class FakeOpenAI:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.ranker: Callable[[str, list[str], list[bytes]], list[tuple[str, str]]] = (
+            lambda query, labels, images: [(lb, f"{lb} looks relevant") for lb in labels[::-1]])
+        self.rerank_content: str | None = None
         self._faults: deque[tuple[int, dict[str, str]]] = deque()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -142,13 +150,18 @@ class FakeOpenAI:
             status, extra = fault
             return status, extra, {"error": _ERRORS[status]}
         try:
-            query, labels, _ = check_request(body)
+            query, labels, images = check_request(body)
         except RequestError as exc:
             return exc.status, {}, {"error": {"message": exc.message,
                                               "type": "invalid_request_error",
                                               "param": exc.param, "code": None}}
-        cited = " and ".join(f"[{label}]" for label in labels[:2]) or "none"
-        text = f"Best matches: {cited}. ({query.splitlines()[0] if query else ''})"
+        if (body.get("response_format") or {}).get("type") == "json_schema":
+            text = self.rerank_content or json.dumps({"ranking": [
+                {"label": label, "reason": reason}
+                for label, reason in self.ranker(query, labels, images)]})
+        else:
+            cited = " and ".join(f"[{label}]" for label in labels[:2]) or "none"
+            text = f"Best matches: {cited}. ({query.splitlines()[0] if query else ''})"
         return 200, {}, {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": body["model"],

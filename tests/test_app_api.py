@@ -17,6 +17,7 @@ from imgrag.app.__main__ import main as app_main
 from imgrag.app.server import CSP, check_bind
 from imgrag.errors import ConfigError
 from imgrag.lock import WriterLock
+from imgrag.store import ImageStore
 from tests.app_support import HOSTILE_KEY, RECORDS, app_catalog
 from tests.conftest import COLOURS, image_bytes
 
@@ -294,3 +295,23 @@ def test_no_public_address_without_a_token_unless_allowed(monkeypatch, capsys):
         check_bind(host, has_token=False, allow_public=False)
     with pytest.raises(ConfigError):
         check_bind("example.com", has_token=False, allow_public=False)
+
+
+def test_ocr_text_matches_negative_terms_and_the_gap_cutoff(client, catalog):
+    store = ImageStore.open(catalog.settings)
+    mug = catalog.uri("catalog/red-mug.png")
+    store.set_texts([mug], ["CLEARANCE 4711"], [{"ocr_version": 1, "ocr_confidence": 0.9}])
+    body = client.get("/api/search", params={"q": "receipt 4711", "k": 2}).json()
+    assert body["hits"][0]["id"] == mug
+    assert (body["hits"][0]["matched"], body["hits"][0]["snippet"]) == (
+        ["text"], "CLEARANCE [4711]")
+    assert body["hits"][1]["matched"] == ["vector"]
+    off = client.get("/api/search", params={"q": "receipt 4711", "k": 2, "text_match": "off"})
+    assert [h["matched"] for h in off.json()["hits"]] == [None, None]
+
+    assert keys(client.get("/api/search", params={"q": "red blue -red", "k": 1}).json()) == [
+        "catalog/blue-shirt.jpg"]
+    red = client.get("/api/search", params={"q": "red", "k": 6, "cutoff": "gap"}).json()
+    assert {k.split("/")[-1].split("-")[0] for k in keys(red)} == {"red"}
+    assert client.get("/api/search", params={"q": "red", "cutoff": "x"}).status_code in (
+        400, 422)

@@ -18,6 +18,7 @@ from imgrag.batch import FINISHED, BatchInference, record_id
 from imgrag.embedders import make_embedder
 from imgrag.emulators.bedrock import FakeBedrock
 from imgrag.ledger import FailureLedger
+from imgrag.ocr import OCR_VERSION, OcrResult
 from imgrag.pipeline import Runtime
 from imgrag.settings import Settings
 from imgrag.sources import LocalSource
@@ -159,3 +160,27 @@ def test_a_run_killed_after_submitting_is_collected_by_the_next_without_resubmit
     page = chromadb.PersistentClient(path=str(store_env)).get_collection(
         "images", embedding_function=None).get()
     assert len(page["ids"]) == len(set(page["ids"])) == IMAGES
+
+
+class _Reader:
+    """Stands in for the OCR engine (real OCR of 110 images would take a minute)."""
+
+    def read(self, image: bytes) -> OcrResult:
+        return OcrResult(text=f"SIGN {len(image) % 7}", language="en", confidence=0.9)
+
+
+def test_batch_jobs_store_the_ocr_text_of_their_records(
+        fake_bedrock: FakeBedrock, staging: str, tmp_path: Path) -> None:
+    rt = _runtime(tmp_path, IMAGES)
+    rt.ocr = _Reader()
+    try:
+        inference = BatchInference(rt)
+        (job,) = inference.submit(list(rt.source.list_objects()), "run-1").jobs
+        while (job := inference.refresh(job)).status not in FINISHED:
+            time.sleep(0.05)
+        assert inference.collect(job, "run-1").upserted == IMAGES
+        page = rt.store.collection.get(include=["documents", "metadatas"])
+    finally:
+        rt.close()
+    assert {doc.split()[0] for doc in page["documents"]} == {"SIGN"}
+    assert {m["ocr_version"] for m in page["metadatas"]} == {OCR_VERSION}

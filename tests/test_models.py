@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from PIL import Image
 
 from imgrag.embedders import EmbedFailed, make_embedder, model_spec
+from imgrag.embedders.base import average
 from imgrag.emulators.bedrock import FakeBedrock
 from imgrag.errors import ConfigError
 from imgrag.ledger import FailureLedger
@@ -244,3 +245,15 @@ def test_batch_mode_needs_its_settings_and_a_model_batch_inference_takes() -> No
     with pytest.raises(ValueError, match="Cohere Embed v4 does not support"):
         Settings(mode="batch", model="cohere", **batch)
     assert Settings(mode="auto", model="cohere", **batch).mode == "auto"  # on-demand then
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_an_image_and_a_text_make_one_query_vector(bedrock: FakeBedrock, model: str) -> None:
+    embedder = make_embedder(Settings(model=model, dim=model_spec(model).dims[0]))
+    image = image_bytes(COLOURS["red"])
+    combined = embedder.embed_image_text(image, "blue")
+    one_call = model_spec(model).model_id == "amazon.titan-embed-image-v1"
+    assert bedrock.stats.requests == (1 if one_call else 2)
+    assert combined == pytest.approx(average(embedder.embed_images([image])[0],
+                                             embedder.embed_text("blue")), abs=1e-6)
+    embedder.close()

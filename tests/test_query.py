@@ -145,13 +145,14 @@ def test_an_unwritable_cache_only_disables_caching(tmp_path):
     assert cache.get("m", 1, "a") is None
 
 
-def test_request_needs_exactly_one_of_text_and_image():
-    with pytest.raises(ValueError, match="not both"):
-        SearchRequest(text="red", image="x.jpg")
-    with pytest.raises(ValueError, match="not both"):
+def test_request_needs_a_text_or_an_image_or_both():
+    assert SearchRequest(text="at night", image="x.jpg").label == "at night + image x.jpg"
+    with pytest.raises(ValueError, match="a query text, an example image, or both"):
         SearchRequest()
     with pytest.raises(ValueError, match="empty"):
         SearchRequest(text="   ")
+    with pytest.raises(ValueError, match="only negative terms"):
+        SearchRequest(text="-people")
 
 
 def test_key_dirs_and_dates():

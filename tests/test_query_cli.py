@@ -79,8 +79,10 @@ def test_repeated_query_is_answered_from_the_text_cache(catalog, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    ([], "give a query text or an example image"),
-    (["red", "--image", "x.jpg"], "not both"),
+    ([], "give a query text, an example image, or both"),
+    (["red", "--text", "blue", "--image", "x.jpg"], "give the text once"),
+    (["red", "--not", " "], "a --not text is empty"),
+    (["red", "--rerank-top", "1"], "rerank_top"),
     (["red", "--exclude-self"], "--exclude-self needs --image"),
     (["red", "--modified-after", "last week"], "invalid date"),
     (["red", "--min-width", "0"], "min_width"),
@@ -158,7 +160,7 @@ def test_summarize_without_a_key_still_prints_the_hits(catalog, capsys, monkeypa
     answer = json.loads(out)
     assert len(answer["hits"]) == 3 and answer["summary"] is None
     assert "OPENAI_API_KEY" in answer["error"]
-    assert err.startswith("imgrag: error: summaries need an OpenAI API key")
+    assert err.startswith("imgrag: error: summaries and re-ranking need an OpenAI API key")
     assert "Traceback" not in err and err.count("\n") == 1
 
 

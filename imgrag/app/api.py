@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
@@ -51,6 +51,8 @@ class HitOut(BaseModel):
     thumbnail_url: str
     times: list[float] = Field(default_factory=list, description="A video's other matching"
                                " frames, seconds (its best frame is the hit).")
+    matched: list[str] | None = None  # with text matching: "vector", "text" or both
+    snippet: str | None = None  # the OCR text around the match, matched words in [brackets]
 
 
 class SearchOut(BaseModel):
@@ -90,7 +92,8 @@ def image_url(record_id: str, size: int) -> str:
 
 def hit_out(hit: Hit) -> HitOut:
     return HitOut(rank=hit.rank, id=hit.id, distance=hit.distance, metadata=hit.metadata,
-                  thumbnail_url=image_url(hit.id, 256), times=hit.times)
+                  thumbnail_url=image_url(hit.id, 256), times=hit.times, matched=hit.matched,
+                  snippet=hit.snippet)
 
 
 def search_out(result: SearchResult) -> SearchOut:
@@ -119,6 +122,11 @@ def search_params(
                                                 description="Cosine distance, at most.")] = None,
     group_by: Annotated[GroupBy, Query(description="video: one hit per video (its best"
                                        " frame); none: every frame is a hit.")] = "video",
+    cutoff: Annotated[Literal["gap"] | None, Query(
+        description="gap: drop the hits after the largest distance gap.")] = None,
+    text_match: Annotated[Literal["auto", "on", "off"], Query(
+        description="Fuse OCR text matches of the query's words (auto: when the "
+        "collection has OCR text).")] = "auto",
 ) -> SearchParams:
     """The query-string filters of every search route (empty values mean no filter)."""
     try:
@@ -126,7 +134,7 @@ def search_params(
                                modified_after=parse_date(modified_after) if modified_after
                                else None)
         return SearchParams(k=k, filters=filters, max_distance=max_distance,
-                            group_by=group_by)
+                            group_by=group_by, cutoff=cutoff, text_match=text_match)
     except ValidationError as exc:
         raise config_error(exc) from None
 

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, Field, SecretStr
@@ -24,14 +24,17 @@ from imgrag.filters import QueryFilters
 from imgrag.lock import LOCK_NAME, check_unlocked
 from imgrag.query import (
     LazyEmbedder,
+    cut_by_gap,
     embed_image_bytes,
     embed_query_text,
     open_text_cache,
     resolve_filters,
     search_vector,
+    subtract,
+    with_text_matches,
 )
 from imgrag.records import Hit
-from imgrag.request import GroupBy
+from imgrag.request import GroupBy, SearchRequest
 from imgrag.settings import Settings
 from imgrag.store import ImageStore, chroma_errors, forget_embedded_clients, server_address
 from imgrag.summarize import DEFAULT_SUMMARY_IMAGES, Summary, summarize_hits
@@ -73,6 +76,8 @@ class SearchParams(BaseModel):
     filters: QueryFilters = Field(default_factory=QueryFilters)
     max_distance: float | None = Field(None, ge=0, le=2)
     group_by: GroupBy = "video"
+    cutoff: Literal["gap"] | None = None
+    text_match: Literal["auto", "on", "off"] = "auto"
 
 
 class SearchResult(BaseModel):
@@ -172,7 +177,7 @@ class SearchService:
         self.cache.close()
 
     def _search(self, vector: Callable[[], tuple[list[float], bool]], params: SearchParams,
-                exclude: str | None = None) -> SearchResult:
+                exclude: str | None = None, text: str = "") -> SearchResult:
         started = time.perf_counter()
         store = self.store.get()
         where = resolve_filters(store, params.filters)
@@ -180,21 +185,37 @@ class SearchService:
         hits = [] if where == {} else search_vector(
             store, query_vector, params.k, where, exclude=exclude,
             max_distance=params.max_distance, group_by=params.group_by)
+        if params.cutoff == "gap":
+            hits = cut_by_gap(hits)
+        if text and where != {}:
+            hits = with_text_matches(store, query_vector, hits, text, params.k, where,
+                                     mode=params.text_match, exclude=exclude)
         took = round((time.perf_counter() - started) * 1000, 2)
         return SearchResult(hits=hits, took_ms=took, embedding_cached=cached)
 
     def search_text(self, text: str, params: SearchParams) -> SearchResult:
-        """The hits nearest to a text (its vector cached after the first time: in memory,
-        and on disk for the CLI and the next start)."""
-        def vector() -> tuple[list[float], bool]:
-            kept = self.texts.get(text)
+        """The hits nearest to a text, its ``-word`` terms subtracted (each term's vector
+        cached after the first time: in memory, and on disk for the CLI and the next
+        start), fused with OCR text matches (``params.text_match``)."""
+        request = SearchRequest(text=text)
+
+        def term(part: str) -> tuple[list[float], bool]:
+            kept = self.texts.get(part)
             if kept is not None:
                 return kept, True
-            found, cached = embed_query_text(self.embedder, text, self.cache)
-            self.texts.put(text, found)
+            found, cached = embed_query_text(self.embedder, part, self.cache)
+            self.texts.put(part, found)
             return found, cached
 
-        return self._search(vector, params)
+        def vector() -> tuple[list[float], bool]:
+            found, cached = term(request.positive_text)
+            negatives = [term(n) for n in request.negatives]
+            if not negatives:
+                return found, cached
+            return (subtract(found, [v for v, _ in negatives]),
+                    cached and all(c for _, c in negatives))
+
+        return self._search(vector, params, text=request.positive_text)
 
     def similar(self, record_id: str, params: SearchParams) -> SearchResult:
         """The hits nearest to a record's stored vector, itself left out (no Bedrock call)."""

@@ -7,11 +7,24 @@ and imports nothing heavy: ``settings`` validates against its facts without load
 from __future__ import annotations
 
 import base64
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
+
+
+def unit(vector: Sequence[float]) -> list[float]:
+    """``vector`` scaled to length 1 (unchanged when zero)."""
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm else list(vector)
+
+
+def average(*vectors: Sequence[float]) -> list[float]:
+    """The unit mean of unit vectors: how Titan combines an image and a text."""
+    units = [unit(v) for v in vectors]
+    return unit([sum(parts) / len(units) for parts in zip(*units, strict=True)])
 
 
 class EmbedFailed(Exception):
@@ -74,6 +87,12 @@ class ModelFormat(ABC):
         raise NotImplementedError(f"{cls.spec.name} takes no S3 locations")
 
     @classmethod
+    def image_text_body(cls, image: bytes, text: str, dim: int) -> str | None:
+        """The request embedding an image and a text as one vector, or None when the model
+        takes one input a call (the two vectors are then averaged)."""
+        return None
+
+    @classmethod
     def request_bytes(cls, image_bytes: int) -> int:
         """What one image of ``image_bytes`` adds to a request body (base64 + quoting)."""
         return 4 * ((image_bytes + 2) // 3) + 64
@@ -104,6 +123,10 @@ class Embedder(Protocol):
 
     def embed_s3_image(self, uri: str, image_format: str) -> list[float]:
         """The vector of an image the model reads from S3 itself (``max_s3_image_bytes``)."""
+
+    def embed_image_text(self, image: bytes, text: str) -> list[float]:
+        """One vector for an image and a text together (a combined query): one call when
+        the model takes both (``ModelFormat.image_text_body``), else :func:`average` of two."""
 
     def close(self) -> None:
         """Close the model client's connections."""

@@ -26,7 +26,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from imgrag.aws import new_session
-from imgrag.embedders.base import EmbedFailed, ModelFormat
+from imgrag.embedders.base import EmbedFailed, ModelFormat, average
 from imgrag.embedders.cohere import CohereFormat
 from imgrag.embedders.nova import NovaFormat
 from imgrag.embedders.titan import TitanFormat
@@ -148,6 +148,17 @@ class BedrockEmbedder:
     def embed_text(self, text: str) -> list[float]:
         """Embed a query text (cut to the model's input limit)."""
         response, tokens = self._invoke(self.format.text_body(text, self.dim))
+        with self._lock:
+            self.text_tokens += tokens
+        return self._vectors(response, 1)[0]
+
+    def embed_image_text(self, image: bytes, text: str) -> list[float]:
+        """One vector for an image and a text: one call when the model takes both, else
+        the average of the image's and the text's."""
+        body = self.format.image_text_body(image, text, self.dim)
+        if body is None:
+            return average(self.embed_images([image])[0], self.embed_text(text))
+        response, tokens = self._invoke(body)
         with self._lock:
             self.text_tokens += tokens
         return self._vectors(response, 1)[0]

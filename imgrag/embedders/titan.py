@@ -73,6 +73,12 @@ class TitanFormat(ModelFormat):
                            "embeddingConfig": {"outputEmbeddingLength": dim}})
 
     @classmethod
+    def image_text_body(cls, image: bytes, text: str, dim: int) -> str:
+        """Both inputs in one request: Titan returns their average."""
+        return json.dumps({"inputImage": b64(image), "inputText": truncate_text(text),
+                           "embeddingConfig": {"outputEmbeddingLength": dim}})
+
+    @classmethod
     def vectors(cls, response: dict[str, Any]) -> list[list[float]]:
         embedding = response.get("embedding")
         if not isinstance(embedding, list):

@@ -76,7 +76,9 @@ function card(hit) {
   const line = el("div", { class: "line" },
     el("span", { class: "rank", text: `#${hit.rank}` }),
     el("span", { class: "dist", title: "cosine distance", text: hit.distance.toFixed(4) }));
+  if (hit.matched) line.append(el("span", { class: "why", title: "why it matched", text: hit.matched.join(" + ") }));
   const parts = [line, uri];
+  if (hit.snippet) parts.push(el("span", { class: "snippet", title: "text in the image", text: visible(hit.snippet) }));
   if (meta.media === "video") parts.push(moment(hit));
   return el("article", { class: "card", "data-id": hit.id }, open, el("div", { class: "meta" }, ...parts, more));
 }
