@@ -80,7 +80,9 @@ def test_every_failure_keeps_the_vector_order_with_a_warning(
 
 
 def test_the_cli_prints_reasons_cost_and_a_warning_line(catalog, fake_openai, fresh_cache,
-                                                        capsys):
+                                                        capsys, monkeypatch):
+    # a terminal query with no Prefect API (the session's harness may be up: not for it)
+    monkeypatch.setattr("flows.query.configured_api_url", lambda: None)
     args = ["red", "-k", "3", "--rerank", "--chroma-path", str(catalog.settings.chroma_path),
             "--collection", catalog.settings.collection]
     assert main(args) == 0
