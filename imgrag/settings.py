@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imgrag.embedders.models import DEFAULT_MODEL_ID, model_spec
 from imgrag.normalize import MAX_SOURCE_PIXELS
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{2,62}$")  # an unquoted PostgreSQL identifier
 
 
 class Settings(BaseSettings):
@@ -21,6 +25,10 @@ class Settings(BaseSettings):
     )
 
     # Store
+    store_url: str | None = Field(
+        None, description="chroma://PATH, chroma+http(s)://HOST[:PORT] or"
+        " postgresql://USER@HOST[:PORT]/DB?table=NAME (pgvector)."
+    )
     chroma_path: Path = Field(Path("chroma_images_db"), description="Embedded Chroma directory.")
     chroma_url: str | None = Field(None, description="Chroma server URL (client-server mode).")
     chroma_auth_token: SecretStr | None = Field(None, description="Token for the Chroma server.")
@@ -170,12 +178,60 @@ class Settings(BaseSettings):
         """The Bedrock model id of ``model``."""
         return self.model
 
+    @model_validator(mode="after")
+    def _apply_store_url(self) -> Settings:
+        """A ``chroma…://`` URL sets ``chroma_path`` or ``chroma_url``; a PostgreSQL URL
+        names the table (its ``table`` parameter, default ``collection``). Messages never
+        echo the URL (it may hold a user name)."""
+        url = self.store_url
+        if not url:
+            return self
+        if url.startswith(("chroma+http://", "chroma+https://")):
+            self.chroma_url = self._url_is_scheme_host_port(url.removeprefix("chroma+"))
+        elif url.startswith("chroma://"):
+            if url != "chroma://":
+                self.chroma_path = Path(url.removeprefix("chroma://"))
+        elif url.startswith(POSTGRES_SCHEMES):
+            parts = urlsplit(url)
+            if parts.password:
+                raise ValueError("the store URL must not carry a password; use PGPASSWORD"
+                                 " or ~/.pgpass (libpq reads them)")
+            table = dict(parse_qsl(parts.query)).get("table", self.collection)
+            if not _TABLE_RE.match(table):
+                raise ValueError("the table name must be 3-63 lower-case letters, digits or"
+                                 " underscores, not starting with a digit")
+            self.collection = table
+        else:
+            raise ValueError("store_url must start with chroma://, chroma+http(s):// or"
+                             " postgresql://")
+        return self
+
+    @property
+    def store_kind(self) -> Literal["chroma", "pgvector"]:
+        """Which store implementation the settings select."""
+        url = self.store_url or ""
+        return "pgvector" if url.startswith(POSTGRES_SCHEMES) else "chroma"
+
+    @property
+    def postgres_conninfo(self) -> str:
+        """The PostgreSQL URL as libpq takes it: the store URL without ``table``."""
+        parts = urlsplit(self.store_url or "")
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "table"])
+        return urlunsplit(parts._replace(query=query))
+
+    @property
+    def postgres_address(self) -> str:
+        """The PostgreSQL table as messages may show it (no user name, no parameters)."""
+        parts = urlsplit(self.store_url or "")
+        port = f":{parts.port}" if parts.port else ""
+        return f"postgresql://{parts.hostname or 'localhost'}{port}{parts.path}/{self.collection}"
+
     @property
     def resolved_state_dir(self) -> Path:
         """Where the failure ledger and local caches live."""
         if self.state_dir is not None:
             return self.state_dir
-        if self.chroma_url:
+        if self.chroma_url or self.store_kind == "pgvector":
             return Path(".imgrag")
         return self.chroma_path
 

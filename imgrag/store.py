@@ -299,6 +299,10 @@ class ImageStore:
         return manifest_entries((record_id, meta) for record_id, meta
                                 in self.iter_metadata(where) if record_id.startswith(scope))
 
+    def iter_manifest(self, bucket: str, scope: str) -> Iterator[tuple[str, Indexed]]:
+        """The manifest sorted by id (Chroma reads in insertion order: sorted in memory)."""
+        return iter(sorted(self.manifest(bucket, scope).items()))
+
     def _scope_folder(self, bucket: str, scope: str) -> str:
         """The folder of an S3 scope's prefix that ``dirs`` holds (its own, or its deepest
         stored ancestor), when ``dirs`` can find its records: "" for a whole bucket, a local
@@ -488,6 +492,9 @@ class ImageStore:
         if not page["ids"]:
             return None
         return [float(x) for x in page["embeddings"][0]]
+
+    def close(self) -> None:
+        """Nothing to release: the Chroma client closes with the process."""
 
     def query(
         self, embedding: Sequence[float], k: int = 8, where: Mapping[str, Any] | None = None

@@ -30,6 +30,7 @@ os.environ.update(
         "AWS_REGION": "us-east-1",
     }
 )
+_TEST_POSTGRES_URL = os.environ.get("IMGRAG_TEST_POSTGRES_URL")  # read before IMGRAG_* go
 _EMPTY = os.path.join(_SESSION_HOME, "empty")
 open(_EMPTY, "w").close()
 os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = _EMPTY  # not ~/.aws
@@ -112,6 +113,34 @@ def bedrock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBedrock]:
     with FakeBedrock() as fake:
         monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.url)
         yield fake
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server with pgvector: IMGRAG_TEST_POSTGRES_URL when given, else one
+    started from the pgserver wheel for the session."""
+    if _TEST_POSTGRES_URL:
+        yield _TEST_POSTGRES_URL
+        return
+    from imgrag.emulators.postgres import PostgresServer
+
+    with PostgresServer(Path(_SESSION_HOME) / "pg") as server:
+        yield server.url
+
+
+@pytest.fixture
+def pg_store_url(postgres_url: str) -> Iterator[str]:
+    """A store URL naming a fresh table; the table and its catalog row go afterwards."""
+    import psycopg
+
+    from imgrag.emulators.postgres import with_table
+
+    table = f"t_{uuid.uuid4().hex[:12]}"
+    yield with_table(postgres_url, table)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        if conn.execute("SELECT to_regclass('imgrag_catalog')").fetchone()[0]:
+            conn.execute("DELETE FROM imgrag_catalog WHERE name = %s", [table])
 
 
 @pytest.fixture

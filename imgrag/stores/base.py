@@ -1,0 +1,66 @@
+"""The VectorStore protocol: what everything above the store (planner, pipeline, query,
+notebook API) may ask of it. Implementations: ``imgrag.store.ImageStore`` (ChromaDB) and
+``imgrag.stores.pgvector.PgVectorStore`` (PostgreSQL with pgvector).
+
+Filters are Chroma's ``where`` dialect (``$and``, ``$or``, ``$eq``, ``$ne``, ``$gt``,
+``$gte``, ``$lt``, ``$lte``, ``$in``, ``$nin``, ``$contains`` on ``dirs``) on the record
+metadata that ingest writes; each store translates them to its own query language.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from imgrag.records import Hit, Indexed
+
+
+class VectorStore(Protocol):
+    """One collection of image vectors (cosine space) with imgrag's record metadata."""
+
+    @property
+    def model_id(self) -> str | None:
+        """The embedding model the collection was created for."""
+
+    @property
+    def dim(self) -> int | None:
+        """The vector length the collection was created for."""
+
+    def count(self) -> int:
+        """Number of records."""
+
+    def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
+        """id → (ETag, normalize version) of every record of ``bucket`` whose id starts
+        with ``scope`` (a URI prefix)."""
+
+    def iter_manifest(self, bucket: str, scope: str) -> Iterator[tuple[str, Indexed]]:
+        """The ``manifest`` as a stream sorted by id (code-point order), for a merge with
+        a sorted listing."""
+
+    def iter_metadata(self, where: Mapping[str, Any] | None = None) -> Iterator[tuple[str, dict]]:
+        """Every (id, metadata) matching ``where``, read in pages."""
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        embeddings: Sequence[Sequence[float]],
+        metadatas: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Add or replace records by id."""
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove records by id (absent ids are ignored)."""
+
+    def get(self, ids: Sequence[str]) -> dict[str, dict]:
+        """id → metadata for the ids that exist."""
+
+    def get_embedding(self, record_id: str) -> list[float] | None:
+        """The stored vector of one record, or None."""
+
+    def query(
+        self, embedding: Sequence[float], k: int = 8, where: Mapping[str, Any] | None = None
+    ) -> list[Hit]:
+        """The ``k`` nearest records by cosine distance, exact within ``where``."""
+
+    def close(self) -> None:
+        """Release the store's connections."""
