@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", required=True,
                         help="s3://BUCKET/PREFIX or a local folder path")
     add_store_arguments(parser)
+    parser.add_argument("--inventory", metavar="S3_URI",
+                        help="s3://…/manifest.json of the bucket's S3 Inventory (CSV) report:"
+                        " read instead of listing the bucket (IMGRAG_INVENTORY)")
     parser.add_argument("--batch-size", type=int, help="objects per batch task (default 128)")
     parser.add_argument("--concurrency", type=int,
                         help="parallel downloads/Bedrock calls (default 32)")
@@ -124,17 +127,17 @@ def preflight(params: dict[str, Any]) -> None:
     """Reject what would stop the run before starting Prefect: fast one-line errors, and
     nothing written (no store directory, no state files). Cheapest checks first."""
     with quiet_gc():
-        from imgrag.lock import check_unlocked
         from imgrag.sources import check_source
+        from imgrag.stores import check_writer_free
         from imgrag.sync import parse_shard
 
-    settings = settings_from_cli(**{k: v for k, v in params.items()
-                                    if k not in ("source", "retry_failed", "shard",
-                                                 "allow_mass_delete")})
-    parse_shard(params["shard"])
+    settings = settings_from_cli(store_url=params["store"], **{
+        k: v for k, v in params.items()
+        if k not in ("source", "retry_failed", "shard", "allow_mass_delete", "store")})
+    shard = parse_shard(params["shard"])
     check_source(params["source"], settings)
-    if not settings.chroma_url:
-        check_unlocked(settings.chroma_path)
+    if not settings.chroma_url:  # the embedded store's file lock, or PostgreSQL's
+        check_writer_free(settings, shard)
     with quiet_gc():
         from imgrag.embedders import check_embedder
     check_embedder(settings)
@@ -143,9 +146,7 @@ def preflight(params: dict[str, Any]) -> None:
 
         check_ocr()
     if settings.chroma_url:
-        with quiet_gc():
-            from imgrag.store import make_chroma_client
-        make_chroma_client(settings)  # reachable (the HTTP client checks on creation)
+        check_writer_free(settings, shard)  # reachable (the HTTP client checks on creation)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "allow_mass_delete": args.allow_mass_delete, "model": args.model, "mode": args.mode,
         "video": None if args.video is None else args.video == "on",
         "ocr": args.ocr,
+        "store": args.store, "inventory": args.inventory,
     }
     try:
         preflight(params)

@@ -14,11 +14,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.cli import settings_from_cli
 from imgrag.errors import ConfigError, ImgragError
-from imgrag.lock import writer_lock
 from imgrag.ocr import OCR_VERSION
 from imgrag.pipeline import Runtime, close_runtime, hold_runtime, refresh_records
 from imgrag.records import BatchResult, IngestReport, SourceObject
 from imgrag.sources import is_video_key
+from imgrag.stores import writer_lock
 from imgrag.sync import ScopePlanner, parse_shard
 from tasks.batch import embed_with_batch_jobs
 from tasks.guard import exclusive_ingest
@@ -61,6 +61,8 @@ def ingest_flow(
     mode: str | None = None,
     video: bool | None = None,
     ocr: bool | None = None,
+    store: str | None = None,
+    inventory: str | None = None,
 ) -> IngestReport:
     """Make ``source`` (``s3://bucket/prefix`` or a folder) searchable in a Chroma collection.
 
@@ -76,10 +78,10 @@ def ingest_flow(
     settings = settings_from_cli(  # deployment parameters: bad values are one-line errors
         collection=collection, dim=dim, chroma_path=chroma_path, chroma_url=chroma_url,
         region=region, batch_size=batch_size, concurrency=concurrency, model=model, mode=mode,
-        video=video, ocr=ocr,
+        video=video, ocr=ocr, store_url=store, inventory=inventory,
     )
     with (
-        writer_lock(settings.chroma_url, settings.chroma_path),
+        writer_lock(settings, parse_shard(shard)),
         exclusive_ingest(settings.chroma_url, settings.collection, shard),
     ):
         rt = hold_runtime(settings, source)
@@ -98,14 +100,14 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     run_id = flow_run.get_id() or "local"
     settings = rt.settings
     scope = rt.source.scope
-    planner = ScopePlanner(scope, rt.store.manifest(rt.source.bucket, scope),
+    planner = ScopePlanner(scope, rt.store.iter_manifest(rt.source.bucket, scope),
                            rt.ledger.known(scope), parse_shard(shard), retry_failed,
                            ocr_version=OCR_VERSION if settings.ocr else 0)
     report = IngestReport(run_id=run_id, source=scope, collection=settings.collection,
                           model_id=settings.model_id, dim=settings.dim)
     plain = settings.public_dict()
     progress = start_progress(settings.collection)
-    logger.info("listing %s; %d records already indexed under it", scope, planner.indexed)
+    logger.info("listing %s", scope)
 
     in_flight: deque[tuple[PrefectFuture[BatchResult], int]] = deque()
     queued = done = 0

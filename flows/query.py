@@ -180,7 +180,7 @@ def search(request: SearchRequest, args: argparse.Namespace, settings: Settings)
                 negative=request.negative, cutoff=request.cutoff,
                 text_match=request.text_match, rerank=request.rerank,
                 rerank_top=request.rerank_top, rerank_model=request.rerank_model,
-                model=args.model, group_by=request.group_by)
+                model=args.model, group_by=request.group_by, store=args.store)
     with quiet_gc():
         from imgrag.query import LazyEmbedder, SearchReport, run_search
     report = SearchReport()
@@ -272,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     request = build_request(args)
     settings = settings_from_cli(collection=args.collection, chroma_path=args.chroma_path,
-                                 chroma_url=args.chroma_url, region=args.region)
+                                 chroma_url=args.chroma_url, region=args.region,
+                                 store_url=args.store)
     with quiet_gc():
         from imgrag.query import settings_for_collection
         from imgrag.summarize import SummaryError, summarize_hits

@@ -40,6 +40,7 @@ def query_flow(
     rerank: bool = False,
     rerank_top: int = DEFAULT_RERANK_TOP,
     rerank_model: str | None = None,
+    store: str | None = None,
 ) -> list[Hit]:
     """The ``k`` indexed images closest to ``text``, the example ``image`` (a path or s3://
     URI) or both, minus the ``negative`` texts, within the metadata ``where``/``filters``,
@@ -50,7 +51,8 @@ def query_flow(
     """
     settings = settings_for_collection(  # a query embeds with its collection's model
         settings_from_cli(collection=collection, chroma_path=chroma_path,
-                          chroma_url=chroma_url, region=region), model=model, dim=dim)
+                          chroma_url=chroma_url, region=region, store_url=store),
+        model=model, dim=dim)
     try:
         request = SearchRequest(text=text, image=image, k=k, where=where,
                                 filters=filters or QueryFilters(), exclude_self=exclude_self,

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by the ingest and query CLIs and the search app."""
+    parser.add_argument("--store", metavar="URL", help="vector store (IMGRAG_STORE_URL): "
+                        "chroma://PATH, chroma+http://HOST:PORT or "
+                        "postgresql://USER@HOST/DB?table=images (pgvector)")
     parser.add_argument("--chroma-path", help="embedded Chroma directory "
                         "(IMGRAG_CHROMA_PATH, default ./chroma_images_db)")
     parser.add_argument("--chroma-url", help="Chroma server URL, e.g. http://localhost:8000 "
@@ -49,6 +52,9 @@ def settings_from_cli(**overrides: Any) -> Settings:
         settings = Settings.from_overrides(**overrides)
     except ValidationError as exc:
         raise config_error(exc) from None
+    if overrides.get("store_url") and (overrides.get("chroma_path")
+                                       or overrides.get("chroma_url")):
+        raise ConfigError("--store and --chroma-path/--chroma-url exclude each other")
     if overrides.get("chroma_path") and settings.chroma_url:
         raise ConfigError("--chroma-path (an embedded store) and a Chroma server URL"
                           " (--chroma-url or IMGRAG_CHROMA_URL) exclude each other")

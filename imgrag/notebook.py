@@ -41,7 +41,6 @@ from imgrag.errors import EmbeddingError, StoreError
 from imgrag.filters import QueryFilters, parse_date
 from imgrag.gallery import render_fragment
 from imgrag.ledger import FailureLedger
-from imgrag.lock import writer_lock
 from imgrag.normalize import NormalizeError, normalize_image
 from imgrag.pipeline import LEDGER_NAME, Runtime, normalize_for_model, process_batch
 from imgrag.query import SearchRequest, run_search
@@ -50,7 +49,7 @@ from imgrag.settings import Settings
 from imgrag.sources import FetchError, S3Source, is_image_key
 from imgrag.sources.local import content_etag
 from imgrag.sources.s3 import fetch_object, make_s3_client
-from imgrag.store import ImageStore
+from imgrag.stores import VectorStore, open_store, writer_lock
 from imgrag.summarize import (
     DEFAULT_OPENAI_MODEL,
     DEFAULT_SUMMARY_IMAGES,
@@ -88,7 +87,7 @@ class ImageRecord(BaseModel):
 class ImageCollection:
     """A Chroma collection opened for the notebook functions, with the settings it uses."""
 
-    store: ImageStore
+    store: VectorStore
     settings: Settings
 
     @property
@@ -242,13 +241,13 @@ def get_chroma_collection(
     ``images``, 1024). A collection made for another model or dimension is an error."""
     settings = Settings.from_overrides(chroma_path=path, collection=name, dim=dim,
                                        chroma_url=url)
-    if settings.chroma_url:
-        return ImageCollection(ImageStore.open(settings, create=True), settings)
+    if settings.chroma_url or settings.store_kind == "pgvector":  # a server serializes
+        return ImageCollection(open_store(settings, create=True), settings)
     try:  # an existing collection opens without the writer lock (reading is no write)
-        return ImageCollection(ImageStore.open(settings, create=False), settings)
+        return ImageCollection(open_store(settings, create=False), settings)
     except StoreError:  # creating the store or collection is a write: one writer at a time
-        with writer_lock(settings.chroma_url, settings.chroma_path):
-            return ImageCollection(ImageStore.open(settings, create=True), settings)
+        with writer_lock(settings):
+            return ImageCollection(open_store(settings, create=True), settings)
 
 
 class _RecordSource:
@@ -284,7 +283,7 @@ def upsert_images_to_chroma(
     StoreLockedError (nothing written) while another process, e.g. an ingest, holds it.
     """
     settings = collection.settings
-    with writer_lock(settings.chroma_url, settings.chroma_path):
+    with writer_lock(settings):
         return _upsert_locked(collection, records, batch_size)
 
 

@@ -2,7 +2,7 @@
 (videos go through ``imgrag.video_ingest``, beside the images).
 
 ``Runtime`` holds the per-process objects every batch of a run shares (boto3 clients, the
-Chroma client, the failure ledger, one bounded thread pool): tasks receive plain settings
+store's client, the failure ledger, one bounded thread pool): tasks receive plain settings
 and look their runtime up here, so nothing unhashable crosses a task boundary.
 """
 
@@ -28,7 +28,7 @@ from imgrag.ocr import OcrEngine, OcrResult, shared_engine
 from imgrag.records import BatchResult, Failure, SourceObject
 from imgrag.settings import Settings
 from imgrag.sources import FetchError, Source, is_video_key, open_source
-from imgrag.store import ImageStore
+from imgrag.stores import VectorStore, open_store
 
 LEDGER_NAME = "imgrag-ledger.sqlite3"
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Runtime:
 
     settings: Settings
     source: Source
-    store: ImageStore
+    store: VectorStore
     embedder: Embedder
     ledger: FailureLedger
     pool: ThreadPoolExecutor = field(repr=False)
@@ -55,7 +55,8 @@ class Runtime:
             opened.callback(src.close)
             src.check()
             ocr = shared_engine(settings.ocr_threads) if settings.ocr else None
-            store = ImageStore.open(settings, create=True)
+            store = open_store(settings, create=True)
+            opened.callback(store.close)
             embedder = make_embedder(settings)
             opened.callback(embedder.close)
             ledger = FailureLedger(settings.resolved_state_dir / LEDGER_NAME, settings.collection)
@@ -69,6 +70,7 @@ class Runtime:
         files (each of them, even if one fails)."""
         with ExitStack() as closing:
             closing.callback(self.source.close)
+            closing.callback(self.store.close)
             closing.callback(self.embedder.close)
             closing.callback(self.ledger.close)
             self.pool.shutdown(wait=True)

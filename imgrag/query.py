@@ -36,7 +36,8 @@ from imgrag.sources.base import FetchError
 from imgrag.sources.local import read_regular_file
 from imgrag.sources.s3 import make_s3_client, read_object
 from imgrag.sources.s3_uri import parse_s3_uri
-from imgrag.store import ImageStore, check_where, chroma_errors, collection_vector_space
+from imgrag.store import check_where, chroma_errors
+from imgrag.stores import VectorStore, open_store, vector_space
 from imgrag.text_cache import TEXT_CACHE_NAME, TextEmbeddingCache
 from imgrag.video_records import group_by_video, group_key
 
@@ -84,7 +85,7 @@ def _renumber(hits: Sequence[Hit]) -> list[Hit]:
 
 
 def search_text(
-    store: ImageStore,
+    store: VectorStore,
     embedder: Embedder,
     text: str,
     k: int = 8,
@@ -121,7 +122,7 @@ def embed_query_text(
 
 
 def search_vector(
-    store: ImageStore,
+    store: VectorStore,
     vector: Sequence[float],
     k: int = 8,
     where: Mapping[str, Any] | None = None,
@@ -180,7 +181,7 @@ def embed_image_bytes(data: bytes, embedder: Embedder, settings: Settings) -> li
 
 
 def search_image(
-    store: ImageStore,
+    store: VectorStore,
     embedder: Embedder,
     ref: str,
     settings: Settings,
@@ -204,7 +205,7 @@ def search_image(
                          max_distance=max_distance, group_by=group_by)
 
 
-def resolve_where(store: ImageStore, request: SearchRequest) -> dict[str, Any] | None:
+def resolve_where(store: VectorStore, request: SearchRequest) -> dict[str, Any] | None:
     """The full Chroma ``where`` of a request, or ``{}`` when no record can match.
 
     A prefix ending inside a name lists the keys of its folder (already narrowed by
@@ -214,7 +215,7 @@ def resolve_where(store: ImageStore, request: SearchRequest) -> dict[str, Any] |
 
 
 def resolve_filters(
-    store: ImageStore, filters: QueryFilters, where: dict[str, Any] | None = None
+    store: VectorStore, filters: QueryFilters, where: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """:func:`resolve_where` for named ``filters`` and a raw ``where``."""
     where = combine_where(where, *filters.conditions())
@@ -237,7 +238,7 @@ def settings_for_collection(
     """``settings`` with the model and dimension the collection was built with: a query
     embeds with those, whatever ``IMGRAG_MODEL``/``IMGRAG_DIM`` say. A ``model`` or ``dim``
     asked for explicitly (a flag) that differs is a ConfigError."""
-    model_id, stored_dim = collection_vector_space(settings)
+    model_id, stored_dim = vector_space(settings)
     if (model is not None and model_spec(model).model_id != model_id) or (
             dim is not None and dim != stored_dim):
         raise ConfigError(
@@ -340,14 +341,14 @@ def run_search(
     settings: Settings,
     request: SearchRequest,
     *,
-    store: ImageStore | None = None,
+    store: VectorStore | None = None,
     embedder: Embedder | None = None,
     cache: TextEmbeddingCache | None = None,
     report: SearchReport | None = None,
 ) -> list[Hit]:
     """Run one search against the collection named by ``settings``; ``report``, when given,
     is filled with what the search did (text matches, re-ranking, warnings)."""
-    store = store or ImageStore.open(settings, create=False)
+    store = store or open_store(settings, create=False)
     embedder = embedder or LazyEmbedder(settings)
     report = report if report is not None else SearchReport()
     where = resolve_where(store, request)

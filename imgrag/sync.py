@@ -4,6 +4,11 @@ Mark and sweep: every record under the scope starts marked; each listed object u
 own; what is still marked when the listing ends was deleted from the source. The listing
 alone decides; nothing is downloaded to plan. An unchanged object whose listing facts moved
 (the same bytes uploaded again: new LastModified) is collected for a metadata-only update.
+
+The manifest arrives as a stream sorted by id, and a listing in the same order (S3 lists
+keys in UTF-8 binary order, which is the code-point order of the URIs) is merged with it:
+memory does not grow with the number of records, only with the records the listing skipped
+(the deletion candidates).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 from imgrag.errors import ConfigError
 from imgrag.normalize import NORMALIZE_VERSION
@@ -56,7 +62,11 @@ class Sweep:
 class ScopePlanner:
     """Classifies a streamed listing; the to-do objects are yielded as they are found.
 
-    A record whose ETag matches but whose image was normalized by an older
+    ``manifest`` is the store's records under the scope: a stream of (id, Indexed) sorted
+    by id, or a mapping. A listing in id order is merged with it in one pass; when the
+    listing goes out of order (a local folder lists a folder's files before its
+    subfolders), the rest of the manifest is read into memory there and the plan stays
+    exact. A record whose ETag matches but whose image was normalized by an older
     ``normalize_version`` is stale (its vector would differ today): it counts as changed.
     With ``ocr_version`` (OCR on), an unchanged image record whose text is older or missing
     is yielded too, counted as ``ocr_backfill``: the batch reads its text and keeps its
@@ -66,7 +76,7 @@ class ScopePlanner:
     def __init__(
         self,
         scope: str,
-        manifest: Mapping[str, Indexed],
+        manifest: Mapping[str, Indexed] | Iterable[tuple[str, Indexed]],
         known_failures: Mapping[str, str] | None = None,
         shard: Shard | None = None,
         retry_failed: bool = False,
@@ -75,10 +85,15 @@ class ScopePlanner:
     ) -> None:
         self.shard = shard
         self.plan = IngestPlan(scope=scope)
-        self._unseen = {uri: rec for uri, rec in manifest.items() if in_shard(uri, shard)}
+        entries = sorted(manifest.items()) if isinstance(manifest, Mapping) else manifest
+        self._manifest = iter(entries)
+        self._head: tuple[str, Indexed] | None = None  # the next manifest record not passed
+        self._started = False
+        self._passed: dict[str, Indexed] = {}  # records the listing went past, unseen so far
+        self._last = ""  # the last URI listed
+        self._indexed = 0  # records of the scope (and shard) read from the manifest
         self._normalize_version = normalize_version
         self._ocr_version = ocr_version
-        self._indexed = len(self._unseen)
         self._known_failures = dict(known_failures or {})
         self._unseen_failures = {uri for uri in self._known_failures if in_shard(uri, shard)}
         self._retry_failed = retry_failed
@@ -86,10 +101,39 @@ class ScopePlanner:
         self.refreshed: list[SourceObject] = []  # unchanged, but last_modified or size moved
         self.text_only: set[str] = set()  # yielded for their OCR text only (vector current)
 
-    @property
-    def indexed(self) -> int:
-        """Records under the scope not yet seen in the listing (all of them, before it)."""
-        return len(self._unseen)
+    def _next_record(self) -> tuple[str, Indexed] | None:
+        for entry in self._manifest:
+            if in_shard(entry[0], self.shard):
+                self._indexed += 1
+                return entry
+        return None
+
+    def _drain(self) -> None:
+        """Read the rest of the manifest into ``_passed``."""
+        head = [self._head] if self._head is not None else []
+        for uri, rec in chain(head, iter(self._next_record, None)):
+            self._passed[uri] = rec
+        self._head, self._started = None, True
+
+    def _stored(self, uri: str) -> Indexed | None:
+        """The manifest record of a listed ``uri``, or None; the records the listing went
+        past are kept as unseen."""
+        if uri < self._last:  # out of order: the merge no longer works
+            self._drain()
+        self._last = uri
+        stored = self._passed.pop(uri, None)
+        if stored is not None:
+            return stored
+        head = self._head if self._started else self._next_record()
+        self._started = True
+        while head is not None and head[0] < uri:
+            self._passed[head[0]] = head[1]
+            head = self._next_record()
+        if head is not None and head[0] == uri:
+            self._head = self._next_record()
+            return head[1]
+        self._head = head
+        return None
 
     def todo(self, listing: Iterable[SourceObject]) -> Iterator[SourceObject]:
         """Yield new and changed objects; count the rest. Exhaust it before ``deleted``."""
@@ -98,7 +142,7 @@ class ScopePlanner:
             if not in_shard(obj.uri, self.shard):
                 continue
             plan.listed += 1
-            stored = self._unseen.pop(obj.uri, None)
+            stored = self._stored(obj.uri)
             self._unseen_failures.discard(obj.uri)
             if (stored is not None and stored.etag == obj.etag
                     and stored.normalize_version >= self._normalize_version):
@@ -123,7 +167,8 @@ class ScopePlanner:
     def deleted(self, unreadable: Sequence[str] = ()) -> list[str]:
         """Records under the scope that the listing did not contain, except those the
         listing could not see: under ``unreadable`` URIs (or URI prefixes ending in "/")."""
-        return sorted(uri for uri in self._unseen if not under_any(uri, unreadable))
+        self._drain()
+        return sorted(uri for uri in self._passed if not under_any(uri, unreadable))
 
     def failures_gone(self, unreadable: Sequence[str] = ()) -> list[str]:
         """Failure-ledger entries under the scope whose objects the listing did not contain

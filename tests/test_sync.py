@@ -73,3 +73,60 @@ def test_bad_shard_spec_is_a_config_error(text):
 def test_shard_spec_parses():
     assert parse_shard("1/4") == (1, 4)
     assert parse_shard(None) is None
+
+
+def sorted_manifest_stream(manifest: dict[str, Indexed], read: list[str]):
+    """The manifest as a store streams it (sorted by id), noting each record read."""
+    for uri in sorted(manifest):
+        read.append(uri)
+        yield uri, manifest[uri]
+
+
+def test_a_sorted_listing_is_merged_with_the_streamed_manifest_in_one_pass():
+    manifest = {f"s3://b/{i:04d}.jpg": current("e") for i in range(1000)}
+    listing = [obj(f"{i:04d}.jpg", "e") for i in range(1000) if i != 500]
+    read: list[str] = []
+    planner = ScopePlanner("s3://b/", sorted_manifest_stream(manifest, read))
+
+    assert list(planner.todo(iter(listing))) == []
+
+    assert (planner.plan.listed, planner.plan.unchanged) == (999, 999)
+    assert len(read) == 1000
+    assert planner.deleted() == ["s3://b/0500.jpg"]
+
+
+def test_the_merge_reads_the_manifest_only_as_far_as_the_listing_went():
+    manifest = {f"s3://b/{i:04d}.jpg": current("e") for i in range(1000)}
+    read: list[str] = []
+    planner = ScopePlanner("s3://b/", sorted_manifest_stream(manifest, read))
+    todo = planner.todo(obj(f"{i:04d}.jpg", "CHANGED") for i in range(1000))
+
+    assert next(todo).key == "0000.jpg"
+    assert len(read) <= 2
+    assert next(todo).key == "0001.jpg"
+    assert len(read) <= 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_any_listing_order_gives_the_plan_of_the_whole_manifest(seed):
+    import random
+
+    rng = random.Random(seed)
+    keys = [f"{d}/{n}.jpg" for d in ("a", "a/x", "b", "é", "a b") for n in range(8)]
+    manifest = {f"s3://b/{k}": current("e") for k in rng.sample(keys, 30)}
+    listing = [obj(k, rng.choice(["e", "e", "other"])) for k in rng.sample(keys, 28)]
+    if seed % 2:
+        listing.sort(key=lambda o: o.uri)
+    shard = (seed % 2, 2) if seed > 2 else None
+
+    planners = [ScopePlanner("s3://b/", m, shard=shard)
+                for m in (manifest, sorted_manifest_stream(manifest, []))]
+    todos = [[o.uri for o in p.todo(listing)] for p in planners]
+
+    expected_todo = [o.uri for o in listing if in_shard(o.uri, shard) and (
+        o.uri not in manifest or o.etag != "e")]
+    assert todos == [expected_todo, expected_todo]
+    gone = sorted(u for u in manifest if in_shard(u, shard)
+                  and u not in {o.uri for o in listing})
+    assert [p.deleted() for p in planners] == [gone, gone]
+    assert planners[0].plan == planners[1].plan

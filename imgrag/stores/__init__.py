@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from imgrag.settings import Settings
 from imgrag.stores.base import VectorStore
 
-__all__ = ["VectorStore", "check_writer_free", "open_store", "writer_lock"]
+__all__ = ["VectorStore", "check_writer_free", "open_store", "vector_space", "writer_lock"]
 
 
 def open_store(settings: Settings, *, create: bool = True) -> VectorStore:
@@ -21,6 +21,20 @@ def open_store(settings: Settings, *, create: bool = True) -> VectorStore:
     from imgrag.store import ImageStore
 
     return ImageStore.open(settings, create=create)
+
+
+def vector_space(settings: Settings) -> tuple[str, int]:
+    """The (model id, dimension) the settings' collection was created with; StoreError if
+    it does not exist or is not imgrag's. Writes nothing."""
+    if settings.store_kind == "pgvector":
+        from imgrag.stores.pgvector import PgVectorStore
+
+        store = PgVectorStore.open(settings, create=False, check=False)
+        store.close()
+        return str(store.model_id), int(store.dim or 0)
+    from imgrag.store import collection_vector_space
+
+    return collection_vector_space(settings)
 
 
 def writer_lock(

@@ -213,7 +213,8 @@ class PgVectorStore:
         self.schema_version = 0
 
     @classmethod
-    def open(cls, settings: Settings, *, create: bool = True) -> PgVectorStore:
+    def open(cls, settings: Settings, *, create: bool = True,
+             check: bool = True) -> PgVectorStore:
         """Open (or create) the settings' table; StoreError on a vector-space mismatch.
 
         Creates the ``vector`` extension and the catalog when ``create``; migrates an
@@ -222,14 +223,14 @@ class PgVectorStore:
         store = cls(conn, settings.collection, settings.postgres_address)
         try:
             with store._errors("open"):
-                store._prepare(settings.model_id, settings.dim, create)
+                store._prepare(settings.model_id, settings.dim, create, check)
                 register_vector(conn)
         except BaseException:
             conn.close()
             raise
         return store
 
-    def _prepare(self, model_id: str, dim: int, create: bool) -> None:
+    def _prepare(self, model_id: str, dim: int, create: bool, check: bool) -> None:
         conn, name = self.conn, self.table
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [lock_key(CATALOG)])
@@ -251,7 +252,8 @@ class PgVectorStore:
                              " VALUES (%s, %s, %s, %s)", [name, model_id, dim, SCHEMA_VERSION])
                 row = (model_id, dim, SCHEMA_VERSION)
             self.model_id, self.dim, self.schema_version = row
-            self.check_vector_space(model_id, dim)
+            if check:  # else: the vector space is read (a query takes the table's)
+                self.check_vector_space(model_id, dim)
             if self.schema_version < SCHEMA_VERSION:
                 migrate(conn, name, dim, self.schema_version, SCHEMA_VERSION)
                 conn.execute(f"UPDATE {CATALOG} SET schema_version = %s WHERE name = %s",
