@@ -380,7 +380,8 @@ class PgVectorStore:
                                   [str(max(40, k))])
                 rows = self.conn.execute(query, params).fetchall()
             if len(rows) < k:
-                self.conn.execute("SET LOCAL enable_indexscan = off")
+                self.conn.execute("SET LOCAL enable_indexscan = off")  # no HNSW scan
+                self.conn.execute("SET LOCAL enable_seqscan = on")
                 rows = self.conn.execute(query, params).fetchall()
         return [Hit(rank=rank, id=record_id, distance=float(distance),
                     metadata=_metadata(rest))
