@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     )
 
     # Ingestion
+    inventory: str | None = Field(
+        None, description="s3://…/manifest.json of an S3 Inventory (CSV) report of the"
+        " source bucket, read instead of listing it."
+    )
     # Defaults from bench.ingest (L=100 ms, no quota): 32 threads keep 2 cores busy while
     # calls wait; 128-object batches cut Prefect's per-task cost 4x. See bench/ingest.py.
     batch_size: int = Field(128, ge=1, le=5000)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imgrag.errors import ConfigError
 from imgrag.settings import Settings
 from imgrag.sources.base import (
     IMAGE_EXTENSIONS,
@@ -55,7 +56,10 @@ def open_source(source: str, settings: Settings, s3_client: Any = None) -> Sourc
         from imgrag.sources.s3 import S3Source, make_s3_client
 
         client = s3_client or make_s3_client(settings.region, max_pool=settings.concurrency)
-        return S3Source(bucket, prefix, client, video=settings.video)
+        return S3Source(bucket, prefix, client, video=settings.video,
+                        inventory=settings.inventory)
+    if settings.inventory:
+        raise ConfigError("an inventory lists an S3 bucket: the source must be s3://…")
     state = settings.resolved_state_dir
     state.mkdir(parents=True, exist_ok=True)
     return LocalSource(Path(source), hash_cache_path=state / "local-hashes.sqlite3",
@@ -69,5 +73,7 @@ def check_source(source: str, settings: Settings) -> None:
     """
     if source.startswith("s3://"):
         open_source(source, settings).check()
+    elif settings.inventory:
+        raise ConfigError("an inventory lists an S3 bucket: the source must be s3://…")
     else:
         LocalSource(Path(source)).check()

@@ -15,6 +15,7 @@ from imgrag.aws import new_session
 from imgrag.errors import SourceError
 from imgrag.records import SourceObject
 from imgrag.sources.base import COPY_CHUNK, FetchError, Listing, is_indexed_key
+from imgrag.sources.inventory import inventory_listing, read_manifest
 
 
 def make_s3_client(region: str | None = None, max_pool: int = 10) -> Any:
@@ -45,22 +46,30 @@ class S3Source:
     """Images (and videos, when ``video``) under ``s3://bucket/prefix``."""
 
     def __init__(self, bucket: str, prefix: str = "", client: Any = None,
-                 video: bool = True) -> None:
+                 video: bool = True, inventory: str | None = None) -> None:
         self.bucket = bucket
         self.video = video
         self.prefix = prefix
+        self.inventory = inventory  # s3://…/manifest.json of an S3 Inventory report
         self.scope = f"s3://{bucket}/{prefix}"
         self.client = client if client is not None else make_s3_client()
 
     def check(self) -> None:
-        """One cheap ListObjectsV2 call: the bucket exists and we may list it."""
+        """One cheap ListObjectsV2 call: the bucket exists and we may list it (and the
+        inventory manifest, when one is given, is a usable report of this bucket)."""
         try:
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, self.bucket) from None
+        if self.inventory:
+            read_manifest(self.client, self.inventory, self.bucket)
 
     def list_objects(self) -> Listing:
-        """Stream image (and video) objects page by page (S3 returns keys in UTF-8 binary order)."""
+        """Stream image (and video) objects page by page (S3 returns keys in UTF-8 binary
+        order), or the rows of the inventory report."""
+        if self.inventory:
+            manifest = read_manifest(self.client, self.inventory, self.bucket)
+            return inventory_listing(self.client, manifest, self.prefix, self.video)
         return Listing(self._pages)
 
     def _pages(self, listing: Listing) -> Iterator[SourceObject]:
