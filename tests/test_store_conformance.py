@@ -114,7 +114,7 @@ def test_manifest_is_scoped_and_streams_sorted_by_id_across_pages(store, small_p
 
     expected = sorted(u for u in URIS if u.startswith("s3://b/a/"))
     assert [uri for uri, _ in streamed] == expected
-    assert dict(streamed) == {u: Indexed(f"e-{u}", 1) for u in expected}
+    assert dict(streamed) == {u: Indexed(f"e-{u}", 1, "", 1000) for u in expected}
     assert store.manifest("b", "s3://b/a/") == dict(streamed)
     assert [u for u, _ in store.iter_manifest("b", "s3://b/a/n0")] == [
         f"s3://b/a/n0{i}.jpg" for i in range(10)]
@@ -195,3 +195,22 @@ def test_k_stays_exact_within_a_filter_that_the_nearest_records_all_fail(store):
     hits = store.query(axis(0), k=3, where=QueryFilters(prefix="rare/").conditions()[0])
 
     assert [h.id for h in hits] == [f"s3://b/rare/{i}.jpg" for i in (3, 2, 1)]
+
+
+def test_metadata_updates_merge_fields_and_show_in_the_manifest(store):
+    when = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
+    add(store, {"s3://b/x.jpg": record("s3://b/x.jpg", "ex"), "s3://b/y.jpg": record("s3://b/y.jpg")})
+
+    store.update_metadata(["s3://b/x.jpg", "s3://b/gone.jpg"],
+                          [{"size": 7, "last_modified": when.isoformat(), "note": "n"}] * 2)
+
+    got = store.get(["s3://b/x.jpg", "s3://b/gone.jpg"])
+    assert list(got) == ["s3://b/x.jpg"]
+    assert {k: got["s3://b/x.jpg"][k] for k in ("etag", "size", "last_modified", "note",
+                                                 "format")} == {
+        "etag": "ex", "size": 7, "last_modified": when.isoformat(), "note": "n",
+        "format": "JPEG"}
+    assert store.manifest("b", "s3://b/") == {
+        "s3://b/x.jpg": Indexed("ex", 1, when.isoformat(), 7),
+        "s3://b/y.jpg": Indexed("e", 1, "", 1000)}
+    assert store.get_embedding("s3://b/x.jpg") == pytest.approx(axis(0))

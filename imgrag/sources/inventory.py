@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, ValidationError
 from imgrag.errors import ConfigError, SourceError
 from imgrag.records import SourceObject
 from imgrag.sources.base import Listing, is_indexed_key
+from imgrag.sources.s3_uri import parse_s3_uri
 
 REQUIRED_FIELDS = ("Bucket", "Key", "Size", "ETag")
 
@@ -50,8 +51,6 @@ class InventoryManifest(BaseModel):
 def read_manifest(client: Any, uri: str, bucket: str) -> InventoryManifest:
     """The manifest at ``s3://…/manifest.json``, checked to be a CSV report of ``bucket``
     with the fields a listing needs; ConfigError or SourceError (one line) otherwise."""
-    from imgrag.sources.s3 import parse_s3_uri
-
     if not uri.startswith("s3://"):
         raise ConfigError(f"--inventory takes the s3:// URI of a manifest.json, not {uri!r}")
     where, key = parse_s3_uri(uri)

@@ -30,8 +30,8 @@ class VectorStore(Protocol):
         """Number of records."""
 
     def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
-        """id → (ETag, normalize version) of every record of ``bucket`` whose id starts
-        with ``scope`` (a URI prefix)."""
+        """id → (ETag, normalize version, last_modified, size) of every record of
+        ``bucket`` whose id starts with ``scope`` (a URI prefix)."""
 
     def iter_manifest(self, bucket: str, scope: str) -> Iterator[tuple[str, Indexed]]:
         """The ``manifest`` as a stream sorted by id (code-point order), for a merge with
@@ -47,6 +47,10 @@ class VectorStore(Protocol):
         metadatas: Sequence[Mapping[str, Any]],
     ) -> None:
         """Add or replace records by id."""
+
+    def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
+        """Merge fields into the metadata of existing records (vectors untouched; ids no
+        longer stored are skipped)."""
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove records by id (absent ids are ignored)."""

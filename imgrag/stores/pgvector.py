@@ -173,16 +173,24 @@ def _compare(field: str, op: str, value: Any) -> tuple[str, list[Any]]:
 # ---------------------------------------------------------------------------- records
 
 
+def _split(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(typed columns given, the rest for ``meta``) of record metadata."""
+    typed = {k: metadata[k] for k in TYPED if k in metadata}
+    if isinstance(typed.get("last_modified"), str):
+        typed["last_modified"] = datetime.fromisoformat(typed["last_modified"]) \
+            if typed["last_modified"] else None
+    rest = {k: v for k, v in metadata.items() if k not in TYPED and k not in DERIVED}
+    return typed, rest
+
+
+_DEFAULTS = {"bucket": "", "key": "", "etag": "", "normalize_version": 0}
+
+
 def _row(record_id: str, embedding: Sequence[float], metadata: Mapping[str, Any]) -> list:
     """The column values of one record: typed fields out of the metadata, the rest jsonb."""
-    meta = {k: v for k, v in metadata.items() if k not in DERIVED}
-    modified = meta.pop("last_modified", None)
-    if isinstance(modified, str):
-        modified = datetime.fromisoformat(modified) if modified else None
+    typed, rest = _split(metadata)
     return [record_id, np.asarray(embedding, dtype=np.float32),
-            str(meta.pop("bucket", "")), str(meta.pop("key", "")), str(meta.pop("etag", "")),
-            meta.pop("size", None), meta.pop("width", None), meta.pop("height", None),
-            modified, int(meta.pop("normalize_version", 0)), Jsonb(meta)]
+            *(typed.get(k, _DEFAULTS.get(k)) for k in TYPED), Jsonb(rest)]
 
 
 def _metadata(row: Sequence[Any]) -> dict[str, Any]:
@@ -295,15 +303,17 @@ class PgVectorStore:
         """(id, (ETag, normalize version)) of the bucket's records under ``scope``, sorted
         by id, read in keyset pages (each page its own short statement, so the writes of
         the run going on meanwhile are not held up)."""
-        query = self._sql("SELECT id, etag, normalize_version FROM {t} WHERE bucket = %s"
-                          " AND id >= %s AND id < %s AND id > %s ORDER BY id LIMIT %s")
+        query = self._sql("SELECT id, etag, normalize_version, last_modified, size FROM {t}"
+                          " WHERE bucket = %s AND id >= %s AND id < %s AND id > %s"
+                          " ORDER BY id LIMIT %s")
         after = ""
         while True:
             with self._errors("read the manifest of"), self.conn.cursor(binary=True) as cur:
                 rows = cur.execute(query, [bucket, scope, successor(scope), after, PAGE]
                                    ).fetchall()
-            for record_id, etag, version in rows:
-                yield record_id, Indexed(etag, version)
+            for record_id, etag, version, modified, size in rows:
+                yield record_id, Indexed(etag, version, modified.isoformat() if modified else "",
+                                         -1 if size is None else size)
             if len(rows) < PAGE:
                 return
             after = rows[-1][0]
@@ -341,6 +351,20 @@ class PgVectorStore:
         rows = [_row(i, e, m) for i, e, m in zip(ids, embeddings, metadatas, strict=True)]
         with self._errors("write to"), self.conn.transaction(), self.conn.cursor() as cur:
             cur.executemany(query, rows)
+
+    def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
+        """Merge fields into existing records, one transaction: one ``UPDATE`` per record,
+        prepared once per set of fields given."""
+        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        for record_id, metadata in zip(ids, metadatas, strict=True):
+            typed, rest = _split(metadata)
+            groups.setdefault(tuple(typed), []).append([*typed.values(), Jsonb(rest), record_id])
+        with self._errors("update records of"), self.conn.transaction(), \
+                self.conn.cursor() as cur:
+            for columns, rows in groups.items():
+                sets = "".join(f"{c} = %s, " for c in columns)
+                cur.executemany(self._sql(f"UPDATE {{t}} SET {sets}meta = meta || %s"
+                                          " WHERE id = %s"), rows)
 
     def delete(self, ids: Sequence[str]) -> None:
         with self._errors("delete from"), self.conn.transaction():
