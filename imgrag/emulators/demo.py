@@ -9,6 +9,9 @@ them against that server:
 The bucket also holds a 6-second clip (green, red, blue scenes): the query finds it at its
 red scene's time.
 
+With ``--pgvector`` the index is a PostgreSQL table (pgvector) of a server started from the
+pgserver wheel in ``.demo/pgdata`` instead of an embedded Chroma store.
+
 No credentials, no network: AWS endpoints are redirected with AWS_ENDPOINT_URL_S3 and
 AWS_ENDPOINT_URL_BEDROCK_RUNTIME, exactly as a user would point boto3 elsewhere. The Prefect
 server keeps its database in ``.demo/prefect`` (kept between demos), so ``make ui`` shows the
@@ -17,6 +20,7 @@ demo's flow runs and artifacts afterwards.
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import os
@@ -26,8 +30,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -111,7 +115,8 @@ def demo_env(workdir: Path) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "IMGRAG_CHROMA_PATH": str(workdir / "chroma_images_db"),
     })
-    for name in ("AWS_PROFILE", "PREFECT_API_URL", "PREFECT_PROFILE", "IMGRAG_CHROMA_URL"):
+    for name in ("AWS_PROFILE", "PREFECT_API_URL", "PREFECT_PROFILE", "IMGRAG_CHROMA_URL",
+                 "IMGRAG_STORE_URL"):
         env.pop(name, None)
     return env
 
@@ -204,10 +209,15 @@ def reset_workdir(workdir: Path) -> None:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def main() -> int:
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imgrag.emulators.demo")
+    parser.add_argument("--pgvector", action="store_true",
+                        help="index into PostgreSQL with pgvector (a local pgserver)")
+    pgvector = parser.parse_args(argv).pgvector
     from moto.server import ThreadedMotoServer
 
     from imgrag.emulators.bedrock import FakeBedrock
+    from imgrag.emulators.postgres import PostgresServer, with_table
 
     began = time.monotonic()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
@@ -218,7 +228,13 @@ def main() -> int:
     gallery = workdir / "red.html"
     s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     try:
-        with prefect_server(env, server_log) as (api_url, proc), FakeBedrock() as bedrock:
+        with ExitStack() as services:
+            if pgvector:
+                postgres = services.enter_context(PostgresServer(workdir / "pgdata"))
+                env["IMGRAG_STORE_URL"] = with_table(postgres.url, "images")
+                print(f"PostgreSQL with pgvector (pgserver) at {env['IMGRAG_STORE_URL']}")
+            api_url, proc = services.enter_context(prefect_server(env, server_log))
+            bedrock = services.enter_context(FakeBedrock())
             s3_server.start()  # the emulators start while the Prefect server imports
             host, port = s3_server.get_host_and_port()
             s3_url = f"http://{host}:{port}"
@@ -246,7 +262,8 @@ def main() -> int:
         return 1
     finally:
         s3_server.stop()
-    print(f"\nDemo done in {time.monotonic() - began:.0f} s. State (Chroma store, Prefect "
+    store = "PostgreSQL data" if pgvector else "Chroma store"
+    print(f"\nDemo done in {time.monotonic() - began:.0f} s. State ({store}, Prefect "
           f"home) is in {workdir}.\n"
           f"  gallery of the query's hits:  {gallery.as_uri()}\n"
           f"  the runs and their artifacts: make ui  (then open http://127.0.0.1:{UI_PORT})")
@@ -254,4 +271,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -225,8 +225,9 @@ class PgVectorStore:
              check: bool = True) -> PgVectorStore:
         """Open (or create) the settings' table; StoreError on a vector-space mismatch.
 
-        Creates the ``vector`` extension and the catalog when ``create``; migrates an
-        older schema."""
+        With ``create``, creates the ``vector`` extension, the catalog and the table, and
+        migrates an older schema; without it, writes nothing (a read-only role will do).
+        Without ``check``, the table's vector space is read, not compared."""
         conn = connect(settings)
         store = cls(conn, settings.collection, settings.postgres_address)
         try:
@@ -262,7 +263,7 @@ class PgVectorStore:
             self.model_id, self.dim, self.schema_version = row
             if check:  # else: the vector space is read (a query takes the table's)
                 self.check_vector_space(model_id, dim)
-            if self.schema_version < SCHEMA_VERSION:
+            if create and self.schema_version < SCHEMA_VERSION:  # readers need no write
                 migrate(conn, name, dim, self.schema_version, SCHEMA_VERSION)
                 conn.execute(f"UPDATE {CATALOG} SET schema_version = %s WHERE name = %s",
                              [SCHEMA_VERSION, name])
