@@ -127,6 +127,9 @@ def test_schema_1_table_is_migrated_and_a_newer_schema_refused(settings, store):
     store.conn.execute("UPDATE imgrag_catalog SET schema_version = 1 WHERE name = %s",
                        [store.table])
 
+    reader = open_store(settings, create=False)  # a query host migrates nothing
+    assert reader.schema_version == 1 and reader.count() == 1
+    reader.close()
     migrated = open_store(settings)
 
     indexes = [r[0] for r in store.conn.execute(
