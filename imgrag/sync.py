@@ -103,7 +103,7 @@ class ScopePlanner:
 
     def _next_record(self) -> tuple[str, Indexed] | None:
         for entry in self._manifest:
-            if in_shard(entry[0], self.shard):
+            if self.shard is None or in_shard(entry[0], self.shard):
                 self._indexed += 1
                 return entry
         return None
@@ -136,33 +136,40 @@ class ScopePlanner:
         return None
 
     def todo(self, listing: Iterable[SourceObject]) -> Iterator[SourceObject]:
-        """Yield new and changed objects; count the rest. Exhaust it before ``deleted``."""
+        """Yield new and changed objects; count the rest. Exhaust it before ``deleted``
+        (the counts of ``plan`` are final then)."""
         plan = self.plan
-        for obj in listing:
-            if not in_shard(obj.uri, self.shard):
-                continue
-            plan.listed += 1
-            stored = self._stored(obj.uri)
-            self._unseen_failures.discard(obj.uri)
-            if (stored is not None and stored.etag == obj.etag
-                    and stored.normalize_version >= self._normalize_version):
-                plan.unchanged += 1
-                if (stored.last_modified, stored.size) != (obj.last_modified_text, obj.size):
-                    self.refreshed.append(obj)
-                if stored.ocr_version < self._ocr_version and not is_video_key(obj.key):
-                    plan.ocr_backfill += 1
-                    self.text_only.add(obj.uri)
+        listed = unchanged = skipped = 0  # counted here: a pydantic field write costs µs
+        try:
+            for obj in listing:
+                if not in_shard(obj.uri, self.shard):
+                    continue
+                listed += 1
+                stored = self._stored(obj.uri)
+                self._unseen_failures.discard(obj.uri)
+                if (stored is not None and stored.etag == obj.etag
+                        and stored.normalize_version >= self._normalize_version):
+                    unchanged += 1
+                    if (stored.size, stored.last_modified) != (obj.size, obj.last_modified_text):
+                        self.refreshed.append(obj)
+                    if stored.ocr_version < self._ocr_version and not is_video_key(obj.key):
+                        plan.ocr_backfill += 1
+                        self.text_only.add(obj.uri)
+                        yield obj
+                elif not self._retry_failed and self._known_failures.get(obj.uri) == obj.etag:
+                    skipped += 1
+                    if stored is not None:  # a record of older bytes: stale
+                        self._stale.append(obj.uri)
+                elif stored is None:
+                    plan.new += 1
                     yield obj
-            elif not self._retry_failed and self._known_failures.get(obj.uri) == obj.etag:
-                plan.skipped += 1
-                if stored is not None:  # a record of older bytes: stale
-                    self._stale.append(obj.uri)
-            elif stored is None:
-                plan.new += 1
-                yield obj
-            else:
-                plan.changed += 1
-                yield obj
+                else:
+                    plan.changed += 1
+                    yield obj
+        finally:
+            plan.listed += listed
+            plan.unchanged += unchanged
+            plan.skipped += skipped
 
     def deleted(self, unreadable: Sequence[str] = ()) -> list[str]:
         """Records under the scope that the listing did not contain, except those the
