@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 import pytest
 
 from imgrag.errors import StoreError, StoreLockedError
@@ -211,3 +212,25 @@ def test_pipeline_planner_and_query_run_unchanged_on_pgvector(settings, tmp_path
     assert deleted == [(folder / "green.jpg").resolve().as_uri()]
     hits = run_search(settings, SearchRequest(text="red", k=1))
     assert hits[0].id.endswith("/red.jpg") and hits[0].metadata["width"] == 64
+
+
+def test_a_write_whose_connection_dropped_is_retried_alone_on_a_new_one(settings, store):
+    def drop_connection(of: PgVectorStore) -> None:
+        with psycopg.connect(settings.postgres_conninfo, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [of.conn.info.backend_pid])
+
+    drop_connection(store)
+    add(store, {"s3://b/1.jpg": record("s3://b/1.jpg")})  # retried on a new connection
+    assert store.count() == 1
+
+    once = open_store(settings.model_copy(update={"store_write_attempts": 1}))
+    drop_connection(once)
+    with pytest.raises(StoreError, match=r"cannot write 1 records to .* \(after 1 attempts\)"):
+        add(once, {"s3://b/2.jpg": record("s3://b/2.jpg")})
+    with pytest.raises(StoreError, match="after 1 attempts"):
+        once.wait_writable()  # no more vectors paid for while writes fail
+    add(once, {"s3://b/3.jpg": record("s3://b/3.jpg")})  # a new connection: writes again
+    once.wait_writable()
+    assert sorted(once.get(["s3://b/1.jpg", "s3://b/2.jpg", "s3://b/3.jpg"])) == [
+        "s3://b/1.jpg", "s3://b/3.jpg"]
+    once.close()

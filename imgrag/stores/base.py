@@ -55,6 +55,10 @@ class VectorStore(Protocol):
     def delete(self, ids: Sequence[str]) -> None:
         """Remove records by id (absent ids are ignored)."""
 
+    def wait_writable(self) -> None:
+        """Return when writes go through (none waits to be retried); StoreError when the
+        last write gave up. Called before paying for vectors that will have to be written."""
+
     def get(self, ids: Sequence[str]) -> dict[str, dict]:
         """id → metadata for the ids that exist."""
 

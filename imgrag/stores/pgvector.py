@@ -12,8 +12,10 @@ order, as Python compares strings), so the manifest streams sorted by id.
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -32,6 +34,7 @@ SCHEMA_VERSION = 2
 CATALOG = "imgrag_catalog"
 PAGE = 5000  # rows per keyset page of a manifest or metadata scan
 MAX_EF_SEARCH = 1000  # pgvector's bound on hnsw.ef_search
+WRITE_BACKOFF_S = 0.5  # before the second attempt of a write; doubles, with jitter
 TYPED = ("bucket", "key", "etag", "size", "width", "height", "last_modified",
          "normalize_version")
 # Chroma's filter helpers (imgrag.filters): ``key`` and ``last_modified`` answer them here.
@@ -208,12 +211,18 @@ _SELECTED = "id, " + ", ".join(TYPED) + ", meta"
 class PgVectorStore:
     """One PostgreSQL table of image vectors (pgvector, cosine) with imgrag's metadata.
 
-    One connection, used by one thread at a time; every write is one transaction."""
+    One connection, used by one thread at a time; every write is one transaction, retried
+    alone on a new connection when it fails (up to ``write_attempts``)."""
 
-    def __init__(self, conn: psycopg.Connection, table: str, address: str) -> None:
+    def __init__(self, conn: psycopg.Connection, table: str, address: str,
+                 reconnect: Callable[[], psycopg.Connection] | None = None,
+                 write_attempts: int = 1) -> None:
         self.conn = conn
         self.table = table
         self.address = address
+        self.write_attempts = write_attempts
+        self._reconnect = reconnect
+        self._broken: str | None = None  # why the writes gave up, until one succeeds
         self._t = sql.Identifier(table)
         self._lock = threading.RLock()
         self.model_id: str | None = None
@@ -229,7 +238,14 @@ class PgVectorStore:
         migrates an older schema; without it, writes nothing (a read-only role will do).
         Without ``check``, the table's vector space is read, not compared."""
         conn = connect(settings)
-        store = cls(conn, settings.collection, settings.postgres_address)
+
+        def reconnect() -> psycopg.Connection:
+            fresh = connect(settings)
+            register_vector(fresh)
+            return fresh
+
+        store = cls(conn, settings.collection, settings.postgres_address, reconnect,
+                    settings.store_write_attempts)
         try:
             with store._errors("open"):
                 store._prepare(settings.model_id, settings.dim, create, check)
@@ -293,6 +309,38 @@ class PgVectorStore:
             raise StoreError(f"cannot {action} table {self.table!r} at {self.address}:"
                              f" {_one_line(exc)}") from None
 
+    def _write(self, action: str, write: Callable[[psycopg.Connection], None]) -> None:
+        """Run ``write`` in one transaction; when it fails, again alone on a new connection
+        with backoff (writes are idempotent by id), then a one-line StoreError."""
+        delay = WRITE_BACKOFF_S
+        with self._lock:
+            for attempt in range(1, self.write_attempts + 1):
+                try:
+                    if self.conn.closed and self._reconnect is not None:
+                        self.conn = self._reconnect()
+                    with self.conn.transaction():
+                        write(self.conn)
+                except psycopg.Error as exc:
+                    if attempt == self.write_attempts:
+                        self._broken = (f"cannot {action} table {self.table!r} at"
+                                        f" {self.address}: {_one_line(exc)} (after {attempt}"
+                                        " attempts)")
+                        raise StoreError(self._broken) from None
+                    if self._reconnect is not None:
+                        self.conn.close()  # the next attempt starts on a new connection
+                    time.sleep(delay * random.uniform(0.5, 1.0))
+                    delay *= 2
+                else:
+                    self._broken = None
+                    return
+
+    def wait_writable(self) -> None:
+        """Return when writes go through (a write being retried holds the connection, so
+        this waits for it); StoreError when the last write gave up."""
+        with self._lock:
+            if self._broken is not None:
+                raise StoreError(self._broken)
+
     def _sql(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(t=self._t)
 
@@ -350,8 +398,12 @@ class PgVectorStore:
             " ON CONFLICT (id) DO UPDATE SET "
             + ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[1:]))
         rows = [_row(i, e, m) for i, e, m in zip(ids, embeddings, metadatas, strict=True)]
-        with self._errors("write to"), self.conn.transaction(), self.conn.cursor() as cur:
-            cur.executemany(query, rows)
+
+        def insert(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(query, rows)
+
+        self._write(f"write {len(rows)} records to", insert)
 
     def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
         """Merge fields into existing records, one transaction: one ``UPDATE`` per record,
@@ -360,16 +412,20 @@ class PgVectorStore:
         for record_id, metadata in zip(ids, metadatas, strict=True):
             typed, rest = _split(metadata)
             groups.setdefault(tuple(typed), []).append([*typed.values(), Jsonb(rest), record_id])
-        with self._errors("update records of"), self.conn.transaction(), \
-                self.conn.cursor() as cur:
-            for columns, rows in groups.items():
-                sets = "".join(f"{c} = %s, " for c in columns)
-                cur.executemany(self._sql(f"UPDATE {{t}} SET {sets}meta = meta || %s"
-                                          " WHERE id = %s"), rows)
+        def update(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                for columns, rows in groups.items():
+                    sets = "".join(f"{c} = %s, " for c in columns)
+                    cur.executemany(self._sql(f"UPDATE {{t}} SET {sets}meta = meta || %s"
+                                              " WHERE id = %s"), rows)
+
+        self._write(f"update {len(ids)} records of", update)
 
     def delete(self, ids: Sequence[str]) -> None:
-        with self._errors("delete from"), self.conn.transaction():
-            self.conn.execute(self._sql("DELETE FROM {t} WHERE id = ANY(%s)"), [list(ids)])
+        def remove(conn: psycopg.Connection) -> None:
+            conn.execute(self._sql("DELETE FROM {t} WHERE id = ANY(%s)"), [list(ids)])
+
+        self._write(f"delete {len(ids)} records from", remove)
 
     def get(self, ids: Sequence[str]) -> dict[str, dict]:
         if not ids:
