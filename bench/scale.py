@@ -21,9 +21,10 @@ each size it measures:
 
 The PostgreSQL server is ``--postgres-url`` or one started from the pgserver wheel. A fill
 that would go past ``--max-fill-s`` stops the run for that store (sizes not reached are
-left out). On pgvector the rest of a step (past its first 10,000 records) is loaded with
-the HNSW index dropped and the index is built again at the end (``index_build_s``), as a
-bulk load would: inserting into HNSW row by row is what ``upsert_per_s`` measures.
+left out); an HNSW build past ``--max-index-s`` leaves that size's queries untimed. On
+pgvector the rest of a step (past its first 10,000 records) is loaded with the HNSW index
+dropped and the index is built again at the end (``index_build_s``), as a bulk load
+would: inserting into HNSW row by row is what ``upsert_per_s`` measures.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 
 from bench.common import format_table, machine_load, write_results
 from bench.query import percentile
@@ -109,7 +111,7 @@ def upsert_range(store: VectorStore, start: int, stop: int, rng: np.random.Gener
 
 
 def fill(store: VectorStore, settings: Settings, start: int, stop: int,
-         rng: np.random.Generator, deadline: float) -> dict[str, Any] | None:
+         rng: np.random.Generator, deadline: float, max_index_s: float) -> dict[str, Any] | None:
     """Upsert records ``start..stop``: the first ``TIMED`` timed, the rest as a bulk load
     on pgvector; the figures, or None past the deadline."""
     timed = min(stop, start + TIMED)
@@ -127,9 +129,16 @@ def fill(store: VectorStore, settings: Settings, start: int, stop: int,
     if bulk:
         started = time.perf_counter()
         store.conn.execute("SET maintenance_work_mem = '2GB'")
-        store.conn.execute(f"CREATE INDEX {index} ON {settings.collection}"
-                           " USING hnsw (embedding vector_cosine_ops)")
-        figures["index_build_s"] = round(time.perf_counter() - started, 1)
+        store.conn.execute(f"SET statement_timeout = '{int(max_index_s)}s'")
+        try:
+            store.conn.execute(f"CREATE INDEX {index} ON {settings.collection}"
+                               " USING hnsw (embedding vector_cosine_ops)")
+        except psycopg.errors.QueryCanceled:
+            print(f"HNSW build past --max-index-s at {stop} records: queries not timed")
+            figures["index_build_s"] = None
+        else:
+            figures["index_build_s"] = round(time.perf_counter() - started, 1)
+        store.conn.execute("SET statement_timeout = 0")
     return figures
 
 
@@ -181,7 +190,7 @@ def rerun(settings_json: str, count: int) -> dict[str, Any]:
 
 
 def measure(store: VectorStore, settings: Settings, count: int, rng: np.random.Generator,
-            queries: int) -> dict[str, Any]:
+            queries: int, indexed: bool) -> dict[str, Any]:
     manifest_s, listed = time_manifest(store)
     assert listed == count, (listed, count)
     child = subprocess.run(
@@ -189,18 +198,20 @@ def measure(store: VectorStore, settings: Settings, count: int, rng: np.random.G
          "--settings", settings.model_dump_json()],
         capture_output=True, text=True, check=True)
     planned = json.loads(child.stdout)
+    row = {"manifest_s": round(manifest_s, 3),
+           "plan_ms_per_object": round(planned["plan_s"] * 1000 / count, 4), **planned}
+    if not indexed:
+        return row
     folder = QueryFilters(prefix="photos/d007/").conditions()[0]
     p50, p95, _ = time_queries(store, rng, None, queries)
     p50_prefix, p95_prefix, hits = time_queries(store, rng, folder, queries)
     assert hits == min(8, count // FOLDERS), hits  # exact within the filter
-    return {"manifest_s": round(manifest_s, 3),
-            "plan_ms_per_object": round(planned["plan_s"] * 1000 / count, 4), **planned,
-            "query_p50_ms": round(p50, 2), "query_p95_ms": round(p95, 2),
-            "prefix_p50_ms": round(p50_prefix, 2), "prefix_p95_ms": round(p95_prefix, 2)}
+    return row | {"query_p50_ms": round(p50, 2), "query_p95_ms": round(p95, 2),
+                  "prefix_p50_ms": round(p50_prefix, 2), "prefix_p95_ms": round(p95_prefix, 2)}
 
 
 def run_store(kind: str, sizes: Sequence[int], workdir: Path, postgres_url: str | None,
-              max_fill_s: float, queries: int) -> list[dict[str, Any]]:
+              limits: argparse.Namespace) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     if kind == "pgvector":
         settings = Settings(store_url=f"{postgres_url}{'&' if '?' in postgres_url else '?'}"
@@ -210,16 +221,17 @@ def run_store(kind: str, sizes: Sequence[int], workdir: Path, postgres_url: str 
                             dim=DIM, model_id="bench")
     store = open_store(settings)
     rows, filled = [], 0
-    deadline = time.monotonic() + max_fill_s
+    deadline = time.monotonic() + limits.max_fill_s
     for size in sizes:
-        figures = fill(store, settings, filled, size, rng, deadline)
+        figures = fill(store, settings, filled, size, rng, deadline, limits.max_index_s)
         if figures is None:
             print(f"{kind}: filling to {size} records went past --max-fill-s; stopped",
                   flush=True)
             break
         filled = size
         row = {"store": kind, "records": size, **figures}
-        row |= measure(store, settings, size, rng, queries)
+        indexed = figures.get("index_build_s", 0) is not None
+        row |= measure(store, settings, size, rng, limits.queries, indexed)
         print(json.dumps(row), flush=True)
         rows.append(row)
     if kind == "pgvector":
@@ -237,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--postgres-url", help="a PostgreSQL with pgvector (default: pgserver)")
     parser.add_argument("--max-fill-s", type=float, default=2400.0,
                         help="stop filling a store after this many seconds")
+    parser.add_argument("--max-index-s", type=float, default=1800.0,
+                        help="give up building pgvector's HNSW index after this many seconds")
     parser.add_argument("--queries", type=int, default=100, help="timed queries per kind")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     parser.add_argument("--rerun", type=int, help=argparse.SUPPRESS)
@@ -255,11 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from imgrag.emulators.postgres import PostgresServer
 
                 with PostgresServer(workdir / "pg") as server:
-                    rows += run_store(kind, sizes, workdir, server.url, args.max_fill_s,
-                                      args.queries)
+                    rows += run_store(kind, sizes, workdir, server.url, args)
             else:
-                rows += run_store(kind, sizes, workdir, args.postgres_url, args.max_fill_s,
-                                  args.queries)
+                rows += run_store(kind, sizes, workdir, args.postgres_url, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results = {"dim": DIM, "rows": rows, "load_before": load_before,
