@@ -298,10 +298,12 @@ class PgVectorStore:
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
-        """Serialize use of the connection; a database error becomes a one-line
-        StoreError naming ``action``."""
+        """Serialize use of the connection (a new one when the last was lost); a database
+        error becomes a one-line StoreError naming ``action``."""
         try:
             with self._lock:
+                if self.conn.closed and self._reconnect is not None:
+                    self.conn = self._reconnect()
                 yield
         except ImgragError:
             raise
