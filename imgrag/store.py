@@ -276,11 +276,13 @@ class ImageStore:
         """Every (id, metadata) matching ``where``: the matching ids first (ids only, one
         read), then their metadata by id in pages. Pages by offset would skip live records
         when others are deleted during the read (another shard's sweep); a snapshot of ids
-        cannot: a record deleted meanwhile is just not returned."""
+        cannot: a record deleted meanwhile is just not returned. The pages name ids alone:
+        Chroma 1.5 takes minutes for ids and a where together (230 s instead of 3 s for a
+        page of 5,000 records of 10,000 here)."""
         where = dict(where) if where else None
         ids = self.collection.get(where=where, include=[])["ids"]
         for start in range(0, len(ids), _MANIFEST_PAGE):
-            page = self.collection.get(ids=ids[start : start + _MANIFEST_PAGE], where=where,
+            page = self.collection.get(ids=ids[start : start + _MANIFEST_PAGE],
                                        include=["metadatas"])
             yield from zip(page["ids"], page["metadatas"], strict=True)
 
