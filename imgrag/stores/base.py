@@ -29,6 +29,12 @@ class VectorStore(Protocol):
     def count(self) -> int:
         """Number of records."""
 
+    def record_last_ingest(self, summary: Mapping[str, Any]) -> None:
+        """Keep a finished ingest run's summary (JSON-able) with the collection."""
+
+    def last_ingest(self) -> dict[str, Any] | None:
+        """The summary :meth:`record_last_ingest` kept, or None."""
+
     def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
         """id → (ETag, normalize version, last_modified, size) of every record of
         ``bucket`` whose id starts with ``scope`` (a URI prefix)."""

@@ -263,7 +263,7 @@ class PgVectorStore:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
                 conn.execute(f"""CREATE TABLE IF NOT EXISTS {CATALOG} (
                     name text PRIMARY KEY, model_id text NOT NULL, dim integer NOT NULL,
-                    schema_version integer NOT NULL,
+                    schema_version integer NOT NULL, last_ingest jsonb,
                     created_at timestamptz NOT NULL DEFAULT now())""")
             elif conn.execute("SELECT to_regclass(%s)", [CATALOG]).fetchone()[0] is None:
                 raise StoreError(f"no imgrag tables at {self.address} (run an ingest first)")
@@ -349,6 +349,19 @@ class PgVectorStore:
     def count(self) -> int:
         with self._errors("count"):
             return self.conn.execute(self._sql("SELECT count(*) FROM {t}")).fetchone()[0]
+
+    def record_last_ingest(self, summary: Mapping[str, Any]) -> None:
+        """Keep a finished ingest run's summary (JSON-able) in the catalog."""
+        with self._errors("record the ingest summary of"):
+            self.conn.execute(f"UPDATE {CATALOG} SET last_ingest = %s WHERE name = %s",
+                              [Jsonb(dict(summary)), self.table])
+
+    def last_ingest(self) -> dict[str, Any] | None:
+        """The summary :meth:`record_last_ingest` kept, or None."""
+        with self._errors("read the catalog row of"):
+            row = self.conn.execute(f"SELECT last_ingest FROM {CATALOG} WHERE name = %s",
+                                    [self.table]).fetchone()
+        return row[0] if row else None
 
     def iter_manifest(self, bucket: str, scope: str) -> Iterator[tuple[str, Indexed]]:
         """(id, (ETag, normalize version)) of the bucket's records under ``scope``, sorted
