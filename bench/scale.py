@@ -51,7 +51,7 @@ from imgrag.filters import QueryFilters
 from imgrag.normalize import NORMALIZE_VERSION
 from imgrag.records import SourceObject
 from imgrag.settings import Settings
-from imgrag.stores import VectorStore, open_store
+from imgrag.stores import VectorStore, open_store, vector_space
 
 DIM = 256
 BATCH = 1000
@@ -176,7 +176,9 @@ def rerun(settings_json: str, count: int) -> dict[str, Any]:
     from imgrag.sync import ScopePlanner
 
     settings = Settings.model_validate_json(settings_json)
-    store = open_store(settings, create=False)
+    model_id, dim = vector_space(settings)  # as a query would: the collection's own
+    store = open_store(settings.model_copy(update={"model": model_id, "dim": dim}),
+                       create=False)
     base = rss_mb("VmRSS")
     started = time.perf_counter()
     planner = ScopePlanner(SCOPE, store.iter_manifest(BUCKET, SCOPE))
@@ -215,10 +217,10 @@ def run_store(kind: str, sizes: Sequence[int], workdir: Path, postgres_url: str 
     rng = np.random.default_rng(0)
     if kind == "pgvector":
         settings = Settings(store_url=f"{postgres_url}{'&' if '?' in postgres_url else '?'}"
-                                      "table=bench_scale", dim=DIM, model_id="bench")
+                                      "table=bench_scale", dim=DIM)
     else:
         settings = Settings(chroma_path=workdir / "chroma", collection="bench-scale",
-                            dim=DIM, model_id="bench")
+                            dim=DIM)
     store = open_store(settings)
     rows, filled = [], 0
     deadline = time.monotonic() + limits.max_fill_s

@@ -38,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_cli(collection=args.collection, dim=args.dim,
                                      model=args.model, chroma_path=args.chroma_path,
-                                     chroma_url=args.chroma_url, region=args.region)
+                                     chroma_url=args.chroma_url, region=args.region,
+                                     store_url=args.store)
         try:
             app_settings = AppSettings(**{k: v for k, v in
                                           {"host": args.host, "port": args.port}.items()

@@ -36,7 +36,8 @@ from imgrag.query import (
 from imgrag.records import Hit
 from imgrag.request import GroupBy, SearchRequest
 from imgrag.settings import Settings
-from imgrag.store import ImageStore, chroma_errors, forget_embedded_clients, server_address
+from imgrag.store import chroma_errors, forget_embedded_clients, server_address
+from imgrag.stores import VectorStore, open_store
 from imgrag.summarize import DEFAULT_SUMMARY_IMAGES, Summary, summarize_hits
 from imgrag.thumbnails import Thumbnail, ThumbnailLoader
 
@@ -130,7 +131,7 @@ class StoreView:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._store: ImageStore | None = None
+        self._store: VectorStore | None = None
         self._seen: tuple[int, int] | None = None  # the writer lock file's (inode, mtime)
         self._lock = threading.Lock()
 
@@ -141,8 +142,8 @@ class StoreView:
             return None
         return stat.st_ino, stat.st_mtime_ns  # an ingest rewrites it when it starts
 
-    def get(self) -> ImageStore:
-        embedded = not self.settings.chroma_url
+    def get(self) -> VectorStore:
+        embedded = not self.settings.chroma_url and self.settings.store_kind == "chroma"
         if embedded:
             check_unlocked(self.settings.chroma_path)
         stamp = self._lock_stamp() if embedded else None
@@ -150,7 +151,7 @@ class StoreView:
             if self._store is None or stamp != self._seen:
                 if self._store is not None:
                     forget_embedded_clients()
-                self._store = ImageStore.open(self.settings, create=False)
+                self._store = open_store(self.settings, create=False)
                 self._seen = stamp
             return self._store
 
@@ -285,8 +286,12 @@ class SearchService:
 
     def stats(self) -> Stats:
         store = self.store.get()
-        where = (server_address(self.settings.chroma_url) if self.settings.chroma_url
-                 else str(Path(self.settings.chroma_path).resolve()))
+        if self.settings.store_kind == "pgvector":
+            where = self.settings.postgres_address
+        elif self.settings.chroma_url:
+            where = server_address(self.settings.chroma_url)
+        else:
+            where = str(Path(self.settings.chroma_path).resolve())
         with chroma_errors("count the records"):
             records = store.count()
         return Stats(collection=self.settings.collection, store=where, records=records,
