@@ -214,3 +214,13 @@ def test_metadata_updates_merge_fields_and_show_in_the_manifest(store):
         "s3://b/x.jpg": Indexed("ex", 1, when.isoformat(), 7),
         "s3://b/y.jpg": Indexed("e", 1, "", 1000)}
     assert store.get_embedding("s3://b/x.jpg") == pytest.approx(axis(0))
+
+
+def test_the_last_ingest_summary_is_kept_with_the_collection(settings, store):
+    assert store.last_ingest() is None
+
+    store.record_last_ingest({"run_id": "r1", "embedded": 3, "warnings": ["w"]})
+
+    reopened = open_store(settings)
+    assert reopened.last_ingest() == {"run_id": "r1", "embedded": 3, "warnings": ["w"]}
+    reopened.close()
