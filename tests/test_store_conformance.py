@@ -224,3 +224,34 @@ def test_the_last_ingest_summary_is_kept_with_the_collection(settings, store):
     reopened = open_store(settings)
     assert reopened.last_ingest() == {"run_id": "r1", "embedded": 3, "warnings": ["w"]}
     reopened.close()
+
+
+def frame(video: str, t: float, etag: str = "v1", frames: int = 3) -> tuple[str, dict]:
+    """A video frame's record as ingest writes it (``imgrag.video_records``)."""
+    return f"{video}#t={t:g}", {**record(video, etag), "media": "video", "frame_t": t,
+                                "video_frames": frames}
+
+
+def test_a_videos_frames_are_one_manifest_entry_and_go_together(store, small_pages):
+    video, other = "s3://b/v/clip.mp4", "s3://b/v/half.mp4"
+    frames = dict([frame(video, t) for t in (0, 1.5, 3)] + [frame(other, t) for t in (0, 2)])
+    add(store, {**frames, "s3://b/v/a.jpg": record("s3://b/v/a.jpg"),
+                "s3://b/v/clip.mp4 x.jpg": record("s3://b/v/clip.mp4 x.jpg")})
+
+    streamed = list(store.iter_manifest("b", "s3://b/v/"))
+
+    assert [uri for uri, _ in streamed] == [
+        "s3://b/v/a.jpg", video, "s3://b/v/clip.mp4 x.jpg", other]
+    entries = dict(streamed)
+    assert entries[video] == Indexed("v1", 1, "", 1000)
+    assert entries[other].etag == ""  # 2 of its 3 frames: incomplete, to be done again
+    assert store.source_ids([video, "s3://b/v/a.jpg", "s3://b/none.jpg"]) == {
+        video: [f"{video}#t=0", f"{video}#t=1.5", f"{video}#t=3"],
+        "s3://b/v/a.jpg": ["s3://b/v/a.jpg"]}
+
+    new_id, new_meta = frame(video, 9, "v2", frames=1)
+    assert store.replace_source(video, [new_id], [axis(5)], [new_meta]) == 3
+    assert store.source_ids([video]) == {video: [new_id]}
+    store.delete_sources([video, other])
+    assert sorted(store.manifest("b", "s3://b/v/")) == [
+        "s3://b/v/a.jpg", "s3://b/v/clip.mp4 x.jpg"]

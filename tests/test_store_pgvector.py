@@ -46,7 +46,8 @@ def test_table_has_typed_columns_jsonb_an_hnsw_cosine_index_and_a_catalog_row(st
                                  " WHERE name = %s", [store.table]).fetchone()
 
     assert columns == {
-        "id": "text", "embedding": f"vector({DIM})", "bucket": "text", "key": "text",
+        "id": "text", "embedding": f"vector({DIM})", "source_uri": "text", "bucket": "text",
+        "key": "text",
         "etag": "text", "size": "bigint", "width": "integer", "height": "integer",
         "last_modified": "timestamp with time zone", "normalize_version": "integer",
         "meta": "jsonb"}
@@ -55,17 +56,18 @@ def test_table_has_typed_columns_jsonb_an_hnsw_cosine_index_and_a_catalog_row(st
     add(store, {"s3://b/k.jpg": record("s3://b/k.jpg")})
     meta = store.conn.execute(f"SELECT meta FROM {store.table}").fetchone()[0]
     assert meta["format"] == "JPEG" and "key" not in meta and "dirs" not in meta
+    assert "source_uri" not in meta
 
 
 def test_manifest_pages_and_prefix_filters_are_index_range_scans(store):
-    manifest = plan(store, f"SELECT id FROM {store.table} WHERE bucket = %s AND id >= %s"
-                    " AND id < %s AND id > %s ORDER BY id LIMIT 10", ["b", "s3://b/a/",
-                                                                       "s3://b/a0", ""])
+    manifest = plan(store, f"SELECT id FROM {store.table} WHERE bucket = %s"
+                    " AND source_uri >= %s AND source_uri < %s AND (source_uri, id) > (%s, %s)"
+                    " ORDER BY source_uri, id LIMIT 10", ["b", "s3://b/a/", "s3://b/a0", "", ""])
     condition, values = where_sql({"$and": [{"dirs": {"$contains": "cat/"}},
                                             {"last_modified_ts": {"$gte": 1.7e9}}]})
     prefix = plan(store, f"SELECT id FROM {store.table} WHERE {condition}", values)
 
-    assert "Seq Scan" not in manifest and f"{store.table}_pkey" in manifest
+    assert "Seq Scan" not in manifest and f"{store.table}_source" in manifest
     assert "Seq Scan" not in prefix and f"{store.table}_key" in prefix
 
 

@@ -36,8 +36,8 @@ class VectorStore(Protocol):
         """The summary :meth:`record_last_ingest` kept, or None."""
 
     def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
-        """id → (ETag, normalize version, last_modified, size) of every record of
-        ``bucket`` whose id starts with ``scope`` (a URI prefix)."""
+        """Source URI → (ETag, normalize version, last_modified, size) of every image and
+        video (its frames as one entry) of ``bucket`` under ``scope`` (a URI prefix)."""
 
     def iter_manifest(self, bucket: str, scope: str) -> Iterator[tuple[str, Indexed]]:
         """The ``manifest`` as a stream sorted by id (code-point order), for a merge with
@@ -64,6 +64,23 @@ class VectorStore(Protocol):
     def wait_writable(self) -> None:
         """Return when writes go through (none waits to be retried); StoreError when the
         last write gave up. Called before paying for vectors that will have to be written."""
+
+    def source_ids(self, uris: Sequence[str]) -> dict[str, list[str]]:
+        """Source URI → ids of its records (an image's one, a video's frames), for the
+        sources that have any."""
+
+    def delete_sources(self, uris: Sequence[str]) -> None:
+        """Remove every record of these source objects (all frames of a video)."""
+
+    def replace_source(
+        self,
+        uri: str,
+        ids: Sequence[str],
+        embeddings: Sequence[Sequence[float]],
+        metadatas: Sequence[Mapping[str, Any]],
+    ) -> int:
+        """Upsert a source's records, then delete its records not among ``ids`` (a changed
+        video's old frames); the number deleted."""
 
     def get(self, ids: Sequence[str]) -> dict[str, dict]:
         """id → metadata for the ids that exist."""

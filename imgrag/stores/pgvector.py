@@ -29,17 +29,18 @@ from psycopg.types.json import Jsonb
 from imgrag.errors import ConfigError, ImgragError, StoreError, StoreLockedError
 from imgrag.records import Hit, Indexed
 from imgrag.settings import Settings
+from imgrag.video_records import MEDIA_VIDEO, manifest_entries
 
 SCHEMA_VERSION = 2
 CATALOG = "imgrag_catalog"
 PAGE = 5000  # rows per keyset page of a manifest or metadata scan
 MAX_EF_SEARCH = 1000  # pgvector's bound on hnsw.ef_search
 WRITE_BACKOFF_S = 0.5  # before the second attempt of a write; doubles, with jitter
-TYPED = ("bucket", "key", "etag", "size", "width", "height", "last_modified",
+TYPED = ("source_uri", "bucket", "key", "etag", "size", "width", "height", "last_modified",
          "normalize_version")
 # Chroma's filter helpers (imgrag.filters): ``key`` and ``last_modified`` answer them here.
 DERIVED = ("dirs", "last_modified_ts")
-_COLUMNS = {"source_uri": "id", **{name: name for name in TYPED if name != "last_modified"}}
+_COLUMNS = {name: name for name in TYPED if name != "last_modified"}
 _OPERATORS = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 
@@ -59,6 +60,7 @@ def migrations(dim: int) -> list[list[str]]:
             f"""CREATE TABLE {{t}} (
                 id text COLLATE "C" PRIMARY KEY,
                 embedding {column} NOT NULL,
+                source_uri text COLLATE "C" NOT NULL,
                 bucket text NOT NULL DEFAULT '',
                 key text COLLATE "C" NOT NULL DEFAULT '',
                 etag text NOT NULL DEFAULT '',
@@ -69,6 +71,7 @@ def migrations(dim: int) -> list[list[str]]:
                 normalize_version integer NOT NULL DEFAULT 0,
                 meta jsonb NOT NULL)""",
             f"CREATE INDEX {{t_hnsw}} ON {{t}} USING hnsw (embedding {ops})",
+            "CREATE INDEX {t_source} ON {t} (source_uri, id)",  # the manifest's order
         ],
         [  # 2: range indexes for the prefix and date filters
             "CREATE INDEX {t_key} ON {t} (key)",
@@ -80,6 +83,7 @@ def migrations(dim: int) -> list[list[str]]:
 def _names(table: str) -> dict[str, sql.Identifier]:
     return {"t": sql.Identifier(table), "t_hnsw": sql.Identifier(f"{table}_embedding_hnsw"),
             "t_key": sql.Identifier(f"{table}_key"),
+            "t_source": sql.Identifier(f"{table}_source"),
             "t_modified": sql.Identifier(f"{table}_last_modified")}
 
 
@@ -192,6 +196,7 @@ _DEFAULTS = {"bucket": "", "key": "", "etag": "", "normalize_version": 0}
 def _row(record_id: str, embedding: Sequence[float], metadata: Mapping[str, Any]) -> list:
     """The column values of one record: typed fields out of the metadata, the rest jsonb."""
     typed, rest = _split(metadata)
+    typed.setdefault("source_uri", record_id)  # an image's record: its own source
     return [record_id, np.asarray(embedding, dtype=np.float32),
             *(typed.get(k, _DEFAULTS.get(k)) for k in TYPED), Jsonb(rest)]
 
@@ -364,23 +369,37 @@ class PgVectorStore:
         return row[0] if row else None
 
     def iter_manifest(self, bucket: str, scope: str) -> Iterator[tuple[str, Indexed]]:
-        """(id, (ETag, normalize version)) of the bucket's records under ``scope``, sorted
-        by id, read in keyset pages (each page its own short statement, so the writes of
-        the run going on meanwhile are not held up)."""
-        query = self._sql("SELECT id, etag, normalize_version, last_modified, size FROM {t}"
-                          " WHERE bucket = %s AND id >= %s AND id < %s AND id > %s"
-                          " ORDER BY id LIMIT %s")
-        after = ""
+        """(source URI, Indexed) of the bucket's images and videos under ``scope`` (a
+        video's frames as one entry, see ``imgrag.video_records``), sorted by URI, read in
+        keyset pages of (source_uri, id): each page its own short statement, so the writes
+        of the run going on meanwhile are not held up."""
+        query = self._sql(
+            "SELECT source_uri, id, etag, normalize_version, last_modified, size,"
+            " meta->>'media', meta->'video_frames' FROM {t} WHERE bucket = %s"
+            " AND source_uri >= %s AND source_uri < %s AND (source_uri, id) > (%s, %s)"
+            " ORDER BY source_uri, id LIMIT %s")
+        after = ("", "")
+        frames: list[tuple[str, dict[str, Any]]] = []  # of the video being read
         while True:
             with self._errors("read the manifest of"), self.conn.cursor(binary=True) as cur:
-                rows = cur.execute(query, [bucket, scope, successor(scope), after, PAGE]
+                rows = cur.execute(query, [bucket, scope, successor(scope), *after, PAGE]
                                    ).fetchall()
-            for record_id, etag, version, modified, size in rows:
-                yield record_id, Indexed(etag, version, modified.isoformat() if modified else "",
-                                         -1 if size is None else size)
+            for uri, record_id, etag, version, modified, size, media, count in rows:
+                if frames and frames[0][1]["source_uri"] != uri:
+                    yield from manifest_entries(frames).items()
+                    frames = []
+                text = modified.isoformat() if modified else ""
+                if media == MEDIA_VIDEO:
+                    frames.append((record_id, {
+                        "source_uri": uri, "media": media, "video_frames": count, "etag": etag,
+                        "normalize_version": version, "last_modified": text,
+                        "size": -1 if size is None else size}))
+                else:
+                    yield uri, Indexed(etag, version, text, -1 if size is None else size)
             if len(rows) < PAGE:
+                yield from manifest_entries(frames).items()
                 return
-            after = rows[-1][0]
+            after = (rows[-1][0], rows[-1][1])
 
     def manifest(self, bucket: str, scope: str) -> dict[str, Indexed]:
         return dict(self.iter_manifest(bucket, scope))
@@ -407,11 +426,7 @@ class PgVectorStore:
     ) -> None:
         """Add or replace records by id: one ``INSERT … ON CONFLICT DO UPDATE`` per record,
         all in one transaction."""
-        columns = ("id", "embedding", *TYPED, "meta")
-        query = self._sql(
-            f"INSERT INTO {{t}} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
-            " ON CONFLICT (id) DO UPDATE SET "
-            + ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[1:]))
+        query = self._upsert_statement()
         rows = [_row(i, e, m) for i, e, m in zip(ids, embeddings, metadatas, strict=True)]
 
         def insert(conn: psycopg.Connection) -> None:
@@ -419,6 +434,13 @@ class PgVectorStore:
                 cur.executemany(query, rows)
 
         self._write(f"write {len(rows)} records to", insert)
+
+    def _upsert_statement(self) -> sql.Composed:
+        columns = ("id", "embedding", *TYPED, "meta")
+        return self._sql(
+            f"INSERT INTO {{t}} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+            " ON CONFLICT (id) DO UPDATE SET "
+            + ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[1:]))
 
     def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
         """Merge fields into existing records, one transaction: one ``UPDATE`` per record,
@@ -441,6 +463,48 @@ class PgVectorStore:
             conn.execute(self._sql("DELETE FROM {t} WHERE id = ANY(%s)"), [list(ids)])
 
         self._write(f"delete {len(ids)} records from", remove)
+
+    def source_ids(self, uris: Sequence[str]) -> dict[str, list[str]]:
+        """Source URI → ids of its records (an image's one, a video's frames)."""
+        with self._errors("read records of"):
+            rows = self.conn.execute(self._sql("SELECT source_uri, id FROM {t} WHERE"
+                                               " source_uri = ANY(%s) ORDER BY source_uri, id"),
+                                     [list(uris)]).fetchall()
+        found: dict[str, list[str]] = {}
+        for uri, record_id in rows:
+            found.setdefault(uri, []).append(record_id)
+        return found
+
+    def delete_sources(self, uris: Sequence[str]) -> None:
+        """Remove every record of these source objects (all frames of a video)."""
+        def remove(conn: psycopg.Connection) -> None:
+            conn.execute(self._sql("DELETE FROM {t} WHERE source_uri = ANY(%s)"), [list(uris)])
+
+        self._write(f"delete the records of {len(uris)} sources from", remove)
+
+    def replace_source(
+        self,
+        uri: str,
+        ids: Sequence[str],
+        embeddings: Sequence[Sequence[float]],
+        metadatas: Sequence[Mapping[str, Any]],
+    ) -> int:
+        """Upsert a source's records and delete its records not among ``ids`` (a changed
+        video's old frames), in one transaction; the number deleted."""
+        insert = self._upsert_statement()
+        rows = [_row(i, e, m) for i, e, m in zip(ids, embeddings, metadatas, strict=True)]
+        deleted = 0
+
+        def replace(conn: psycopg.Connection) -> None:
+            nonlocal deleted
+            with conn.cursor() as cur:
+                cur.executemany(insert, rows)
+                cur.execute(self._sql("DELETE FROM {t} WHERE source_uri = %s"
+                                      " AND NOT (id = ANY(%s))"), [uri, list(ids)])
+                deleted = cur.rowcount
+
+        self._write(f"replace the records of {uri} in", replace)
+        return deleted
 
     def get(self, ids: Sequence[str]) -> dict[str, dict]:
         if not ids:
