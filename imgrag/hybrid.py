@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from imgrag.records import Hit
-from imgrag.store import ImageStore
+from imgrag.stores import VectorStore
 
 RRF_K = 60  # the constant of Cormack et al. (2009); dampens the weight of the top ranks
 TEXT_CANDIDATES = 200  # text matches read per query (a filter, not a ranking, in Chroma)
@@ -60,7 +60,7 @@ def _cosine_distance(a: Sequence[float], b: Sequence[float]) -> float:
     return 1.0 - dot / norm if norm else 1.0
 
 
-def text_hits(store: ImageStore, terms: Sequence[str], vector: Sequence[float],
+def text_hits(store: VectorStore, terms: Sequence[str], vector: Sequence[float],
               where: Mapping[str, Any] | None = None) -> list[Hit]:
     """Records whose OCR text holds any of ``terms``, best first: most terms found, then the
     OCR confidence; each with its cosine distance to ``vector`` and a snippet."""

@@ -291,7 +291,7 @@ def open_text_cache(settings: Settings) -> TextEmbeddingCache:
     return TextEmbeddingCache(settings.resolved_state_dir / TEXT_CACHE_NAME)
 
 
-def query_vector(store: ImageStore, embedder: Embedder, request: SearchRequest,
+def query_vector(store: VectorStore, embedder: Embedder, request: SearchRequest,
                  settings: Settings, cache: TextEmbeddingCache) -> list[float]:
     """The request's vector: its text, its example image, or both averaged (one model call
     with both, or none for an indexed image and a cached text), minus its negative terms."""
@@ -322,7 +322,7 @@ def query_vector(store: ImageStore, embedder: Embedder, request: SearchRequest,
 
 
 def with_text_matches(
-    store: ImageStore, vector: Sequence[float], hits: Sequence[Hit], text: str, k: int,
+    store: VectorStore, vector: Sequence[float], hits: Sequence[Hit], text: str, k: int,
     where: Mapping[str, Any] | None = None, *, mode: str = "auto", exclude: str | None = None,
     report: SearchReport | None = None,
 ) -> list[Hit]:

@@ -255,3 +255,28 @@ def test_a_videos_frames_are_one_manifest_entry_and_go_together(store, small_pag
     store.delete_sources([video, other])
     assert sorted(store.manifest("b", "s3://b/v/")) == [
         "s3://b/v/a.jpg", "s3://b/v/clip.mp4 x.jpg"]
+
+
+def test_ocr_texts_are_kept_matched_by_whole_words_and_replaced(store):
+    from imgrag.hybrid import terms_pattern
+
+    metas = {f"s3://b/t/{i}.jpg": record(f"s3://b/t/{i}.jpg") for i in range(3)}
+    add(store, metas)
+    assert not store.has_texts()
+    metas["s3://b/t/0.jpg"] |= {"ocr_version": 1}
+    store.upsert(["s3://b/t/0.jpg"], [axis(0)], [metas["s3://b/t/0.jpg"]],
+                 documents=["INVOICE 2024 for Invoices"])
+    store.set_texts(["s3://b/t/1.jpg", "s3://b/gone.jpg"], ["an invoice", "x"],
+                    [{"ocr_version": 1}] * 2)
+    store.upsert(["s3://b/t/0.jpg"], [axis(0)], [metas["s3://b/t/0.jpg"]])  # text kept
+
+    found = store.text_matches(terms_pattern(["invoice"]), 10)
+    narrowed = store.text_matches(terms_pattern(["invoice"]), 10, {"key": "t/1.jpg"})
+
+    assert sorted((rid, text) for rid, text, _, _ in found) == [
+        ("s3://b/t/0.jpg", "INVOICE 2024 for Invoices"), ("s3://b/t/1.jpg", "an invoice")]
+    assert [rid for rid, *_ in narrowed] == ["s3://b/t/1.jpg"]
+    assert store.text_matches(terms_pattern(["voice"]), 10) == []  # whole words only
+    assert store.has_texts()
+    assert store.manifest("b", "s3://b/t/")["s3://b/t/1.jpg"].ocr_version == 1
+    assert store.get_embedding("s3://b/t/1.jpg") == pytest.approx(axis(1))

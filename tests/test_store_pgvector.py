@@ -50,7 +50,7 @@ def test_table_has_typed_columns_jsonb_an_hnsw_cosine_index_and_a_catalog_row(st
         "key": "text",
         "etag": "text", "size": "bigint", "width": "integer", "height": "integer",
         "last_modified": "timestamp with time zone", "normalize_version": "integer",
-        "meta": "jsonb"}
+        "document": "text", "meta": "jsonb"}
     assert any("USING hnsw (embedding vector_cosine_ops)" in i for i in indexes)
     assert catalog == (store.model_id, DIM, SCHEMA_VERSION)
     add(store, {"s3://b/k.jpg": record("s3://b/k.jpg")})

@@ -51,8 +51,25 @@ class VectorStore(Protocol):
         ids: Sequence[str],
         embeddings: Sequence[Sequence[float]],
         metadatas: Sequence[Mapping[str, Any]],
+        documents: Sequence[str] | None = None,
     ) -> None:
-        """Add or replace records by id."""
+        """Add or replace records by id; ``documents`` (the OCR text, "" for none) replaces
+        a record's text, without them it is kept."""
+
+    def set_texts(
+        self, ids: Sequence[str], documents: Sequence[str], metadatas: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Replace the text of existing records and merge ``metadatas`` into theirs, vectors
+        unchanged."""
+
+    def text_matches(
+        self, pattern: str, limit: int, where: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str, dict, list[float]]]:
+        """(id, text, metadata, vector) of up to ``limit`` records whose text matches the
+        regular expression ``pattern`` (``imgrag.hybrid.terms_pattern``), within ``where``."""
+
+    def has_texts(self) -> bool:
+        """Whether any record carries OCR text (``ocr_version`` ≥ 1)."""
 
     def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
         """Merge fields into the metadata of existing records (vectors untouched; ids no

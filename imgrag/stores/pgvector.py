@@ -69,6 +69,7 @@ def migrations(dim: int) -> list[list[str]]:
                 height integer,
                 last_modified timestamptz,
                 normalize_version integer NOT NULL DEFAULT 0,
+                document text NOT NULL DEFAULT '',
                 meta jsonb NOT NULL)""",
             f"CREATE INDEX {{t_hnsw}} ON {{t}} USING hnsw (embedding {ops})",
             "CREATE INDEX {t_source} ON {t} (source_uri, id)",  # the manifest's order
@@ -375,7 +376,8 @@ class PgVectorStore:
         of the run going on meanwhile are not held up."""
         query = self._sql(
             "SELECT source_uri, id, etag, normalize_version, last_modified, size,"
-            " meta->>'media', meta->'video_frames' FROM {t} WHERE bucket = %s"
+            " coalesce((meta->>'ocr_version')::int, 0), meta->>'media', meta->'video_frames'"
+            " FROM {t} WHERE bucket = %s"
             " AND source_uri >= %s AND source_uri < %s AND (source_uri, id) > (%s, %s)"
             " ORDER BY source_uri, id LIMIT %s")
         after = ("", "")
@@ -384,7 +386,7 @@ class PgVectorStore:
             with self._errors("read the manifest of"), self.conn.cursor(binary=True) as cur:
                 rows = cur.execute(query, [bucket, scope, successor(scope), *after, PAGE]
                                    ).fetchall()
-            for uri, record_id, etag, version, modified, size, media, count in rows:
+            for uri, record_id, etag, version, modified, size, ocr, media, count in rows:
                 if frames and frames[0][1]["source_uri"] != uri:
                     yield from manifest_entries(frames).items()
                     frames = []
@@ -393,9 +395,9 @@ class PgVectorStore:
                     frames.append((record_id, {
                         "source_uri": uri, "media": media, "video_frames": count, "etag": etag,
                         "normalize_version": version, "last_modified": text,
-                        "size": -1 if size is None else size}))
+                        "size": -1 if size is None else size, "ocr_version": ocr}))
                 else:
-                    yield uri, Indexed(etag, version, text, -1 if size is None else size)
+                    yield uri, Indexed(etag, version, text, -1 if size is None else size, ocr)
             if len(rows) < PAGE:
                 yield from manifest_entries(frames).items()
                 return
@@ -423,11 +425,15 @@ class PgVectorStore:
         ids: Sequence[str],
         embeddings: Sequence[Sequence[float]],
         metadatas: Sequence[Mapping[str, Any]],
+        documents: Sequence[str] | None = None,
     ) -> None:
         """Add or replace records by id: one ``INSERT … ON CONFLICT DO UPDATE`` per record,
-        all in one transaction."""
-        query = self._upsert_statement()
+        all in one transaction. ``documents`` (the OCR text, "" for none) replaces a
+        record's text; without them it is kept."""
+        query = self._upsert_statement(with_documents=documents is not None)
         rows = [_row(i, e, m) for i, e, m in zip(ids, embeddings, metadatas, strict=True)]
+        if documents is not None:
+            rows = [[*row, text] for row, text in zip(rows, documents, strict=True)]
 
         def insert(conn: psycopg.Connection) -> None:
             with conn.cursor() as cur:
@@ -435,20 +441,58 @@ class PgVectorStore:
 
         self._write(f"write {len(rows)} records to", insert)
 
-    def _upsert_statement(self) -> sql.Composed:
-        columns = ("id", "embedding", *TYPED, "meta")
+    def _upsert_statement(self, with_documents: bool = False) -> sql.Composed:
+        columns = ("id", "embedding", *TYPED, "meta", *(["document"] if with_documents else []))
         return self._sql(
             f"INSERT INTO {{t}} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
             " ON CONFLICT (id) DO UPDATE SET "
             + ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[1:]))
 
+    def set_texts(
+        self, ids: Sequence[str], documents: Sequence[str], metadatas: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Replace the text of existing records and merge ``metadatas`` into theirs (vectors
+        unchanged), in one transaction."""
+        self._update(ids, metadatas, documents)
+
+    def text_matches(
+        self, pattern: str, limit: int, where: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str, dict, list[float]]]:
+        """(id, text, metadata, vector) of up to ``limit`` records whose text matches the
+        regular expression ``pattern`` (``imgrag.hybrid.terms_pattern``'s syntax: a leading
+        ``(?i)`` becomes ``~*``, ``\\b`` PostgreSQL's ``\\y``), within ``where``."""
+        operator = "~*" if pattern.startswith("(?i)") else "~"
+        regex = pattern.removeprefix("(?i)").replace(r"\b", r"\y")
+        condition, values = where_sql(where)
+        with self._errors("search the texts of"):
+            rows = self.conn.execute(self._sql(
+                f"SELECT {_SELECTED}, document, embedding FROM {{t}} WHERE document"
+                f" {operator} %s AND {condition} LIMIT %s"), [regex, *values, limit]).fetchall()
+        return [(record_id, text, _metadata(rest), [float(x) for x in vector.to_list()])
+                for record_id, *rest, text, vector in rows]
+
+    def has_texts(self) -> bool:
+        """Whether any record carries OCR text (``ocr_version`` ≥ 1)."""
+        condition, values = where_sql({"ocr_version": {"$gte": 1}})
+        with self._errors("read"):
+            return self.conn.execute(self._sql(f"SELECT EXISTS (SELECT 1 FROM {{t}} WHERE"
+                                               f" {condition})"), values).fetchone()[0]
+
     def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
-        """Merge fields into existing records, one transaction: one ``UPDATE`` per record,
-        prepared once per set of fields given."""
+        """Merge fields into existing records (ids no longer stored are skipped)."""
+        self._update(ids, metadatas)
+
+    def _update(self, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]],
+                documents: Sequence[str] | None = None) -> None:
+        """One transaction of one ``UPDATE`` per record (metadata merged, the text replaced
+        when ``documents``), prepared once per set of fields given."""
         groups: dict[tuple[str, ...], list[list[Any]]] = {}
-        for record_id, metadata in zip(ids, metadatas, strict=True):
+        for n, (record_id, metadata) in enumerate(zip(ids, metadatas, strict=True)):
             typed, rest = _split(metadata)
+            if documents is not None:
+                typed["document"] = documents[n]
             groups.setdefault(tuple(typed), []).append([*typed.values(), Jsonb(rest), record_id])
+
         def update(conn: psycopg.Connection) -> None:
             with conn.cursor() as cur:
                 for columns, rows in groups.items():
