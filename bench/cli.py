@@ -2,7 +2,7 @@
 
 Run: ``python -m bench.cli [--busy 1] [--repeats 3] [--out file.json]``.
 
-Starts the Titan EMULATOR and a moto S3 server (own processes), fills a small bucket, then
+Starts the Titan EMULATOR and a moto S3 server (own processes), fills the demo's bucket, then
 times, as a user's shell would run them (wall seconds, best and median of ``--repeats``):
 
 - ``--help`` of both CLIs, and a flag error (``-k 0``);
@@ -41,28 +41,15 @@ from bench.common import (
     wait_http_ok,
     write_results,
 )
-from imgrag.emulators.demo import ITEMS, PALETTE, sample_image
+from imgrag.emulators.demo import BUCKET, PREFIX, fill_bucket
 
 REPO = Path(__file__).resolve().parent.parent
-BUCKET = "bench-cli"
 
 
 def spin() -> None:
     """A CPU-bound process (the 'one other process' of a busy machine)."""
     while True:
         pass
-
-
-def fill_bucket(s3_url: str) -> None:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1",
-                      aws_access_key_id="bench", aws_secret_access_key="bench")
-    s3.create_bucket(Bucket=BUCKET)
-    for name, rgb in PALETTE.items():
-        for variant, item in enumerate(ITEMS):
-            s3.put_object(Bucket=BUCKET, Key=f"catalog/{name}-{item}.jpg",
-                          Body=sample_image(rgb, variant))
 
 
 def import_ms(stderr: str) -> float:
@@ -122,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         env = base | {"AWS_ENDPOINT_URL_S3": moto.url,
                       "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url,
                       "IMGRAG_CHROMA_PATH": str(work / "store")}
-        source = f"s3://{BUCKET}/catalog/"
+        source = f"s3://{BUCKET}/{PREFIX}"  # the demo's sample bucket
         timer = Timer(env, args.repeats)
         print(f"machine: {machine_load()}, busy processes: {args.busy}")
         timer.time("query --help", ["-m", "flows.query", "--help"])
