@@ -112,23 +112,11 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
     in_flight: deque[tuple[PrefectFuture[BatchResult], int]] = deque()
     queued = done = 0
 
-    def collect_result(result: BatchResult) -> None:
-        report.embedded += result.upserted
-        report.billed_images += result.billed_images
-        report.batch_images += result.batch_images
-        report.bytes_downloaded += result.bytes_downloaded
-        report.stale_removed += result.stale_removed
-        report.ocr_read += result.ocr_read
-        report.ocr_backfilled += result.ocr_backfilled
-        report.ocr_cpu_s = round(report.ocr_cpu_s + result.ocr_cpu_s, 3)
-        report.failures += result.failures
-        report.videos += result.videos
-
     def collect(batch: tuple[PrefectFuture[BatchResult], int], listing_done: bool) -> None:
         nonlocal done
         future, size = batch
         result = future.result()
-        collect_result(result)
+        report.add_batch(result)
         done += size
         elapsed = time.perf_counter() - started
         logger.info(
@@ -150,7 +138,7 @@ def _ingest(rt: Runtime, source: str, retry_failed: bool, shard: str | None,
         queued += finished
         done += finished
         for result in results:
-            collect_result(result)
+            report.add_batch(result)
     try:
         for number, batch in enumerate(batched(todo, settings.batch_size), start=1):
             queued += len(batch)

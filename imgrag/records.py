@@ -113,6 +113,19 @@ class IngestReport(BaseModel):
     videos: list[VideoResult] = Field(default_factory=list)  # frames and cost per video
     warnings: list[str] = Field(default_factory=list)  # what the run chose not to do, and why
 
+    def add_batch(self, result: BatchResult) -> None:
+        """Count one finished batch into the run's totals."""
+        self.embedded += result.upserted
+        self.billed_images += result.billed_images
+        self.batch_images += result.batch_images
+        self.bytes_downloaded += result.bytes_downloaded
+        self.stale_removed += result.stale_removed
+        self.ocr_read += result.ocr_read
+        self.ocr_backfilled += result.ocr_backfilled
+        self.ocr_cpu_s = round(self.ocr_cpu_s + result.ocr_cpu_s, 3)
+        self.failures += result.failures
+        self.videos += result.videos
+
     def summary(self) -> dict[str, Any]:
         """The report without its failure and warning lists, stamped with the time now: what
         the collection keeps of its last run (``ImageStore.record_last_ingest``)."""
